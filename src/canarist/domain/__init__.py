@@ -1,0 +1,1 @@
+"""The pure domain core: specs, strategies, plans and rollouts. No I/O, no drivers."""

@@ -1,0 +1,1 @@
+"""Where instances run: one module per provider behind the `Platform` protocol."""

@@ -1,0 +1,1 @@
+"""Releases: building them, storing them by digest, verifying and unpacking them."""

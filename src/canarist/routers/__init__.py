@@ -1,0 +1,1 @@
+"""How traffic is split: one module per provider behind the `Router` protocol."""

@@ -1,0 +1,1 @@
+"""Durable state of the controller: services, rollouts, instances and the audit log."""

@@ -1,0 +1,53 @@
+"""Rows the store keeps, as plain dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+InstanceState = Literal["starting", "running", "draining", "stopping", "stopped", "failed"]
+LIVE_STATES: tuple[InstanceState, ...] = ("starting", "running", "draining", "stopping")
+
+
+@dataclass
+class ServiceState:
+    """What the controller wants a service to be; the reconciler converges the world to it."""
+
+    name: str
+    stable: str | None = None
+    previous: str | None = None  # the stable before the last promotion: `rollback` returns to it
+    canary: str | None = None
+    weights: dict[str, int] = field(default_factory=dict)  # release -> percent
+    counts: dict[str, int] = field(default_factory=dict)  # release -> desired instances
+    retire_at: dict[str, float] = field(default_factory=dict)  # warm release -> when it goes
+
+
+@dataclass
+class InstanceRecord:
+    """One instance as recorded: written before it is started, updated as it changes."""
+
+    id: str
+    service: str
+    release: str
+    state: InstanceState
+    host: str = "127.0.0.1"
+    port: int = 0
+    pid: int = 0
+    pid_start: int = 0
+    workdir: str = ""
+    started_at: float = 0.0
+    drain_started_at: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the tamper-evident audit log."""
+
+    id: int
+    at: float
+    service: str
+    rollout_id: int | None
+    kind: str
+    detail: dict[str, object]
+    hash: str

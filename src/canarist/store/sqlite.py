@@ -1,0 +1,335 @@
+"""The SQLite store (WAL, versioned migrations). The controller is its only writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from canarist.domain.plan import plan_from_list, plan_to_list
+from canarist.domain.rollout import Phase, Rollout
+from canarist.errors import CanaristError
+from canarist.store.records import LIVE_STATES, Event, InstanceRecord, InstanceState, ServiceState
+
+# Each entry moves the schema one version forward; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE services (
+        name TEXT PRIMARY KEY,
+        stable TEXT, previous TEXT, canary TEXT,
+        weights TEXT NOT NULL DEFAULT '{}',
+        counts TEXT NOT NULL DEFAULT '{}',
+        retire_at TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL, release TEXT NOT NULL, previous TEXT,
+        strategy TEXT NOT NULL, plan TEXT NOT NULL,
+        step INTEGER NOT NULL, step_started_at REAL NOT NULL,
+        phase TEXT NOT NULL, created_at REAL NOT NULL, ended_at REAL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX rollouts_by_service ON rollouts (service, id);
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY, service TEXT NOT NULL, release TEXT NOT NULL,
+        state TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
+        pid INTEGER NOT NULL, pid_start INTEGER NOT NULL, workdir TEXT NOT NULL,
+        started_at REAL NOT NULL, drain_started_at REAL NOT NULL, reason TEXT NOT NULL
+    );
+    CREATE INDEX instances_by_service ON instances (service, state);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL, service TEXT NOT NULL, rollout_id INTEGER,
+        kind TEXT NOT NULL, detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+    );
+    """,
+)
+
+
+class StoreError(CanaristError):
+    """The state database cannot be read or written."""
+
+
+class SQLiteStore:
+    """Durable controller state in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # -- schema -------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The schema version in force."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes so that they land together or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- services -----------------------------------------------------------------------
+
+    def service(self, name: str) -> ServiceState:
+        """The service's desired state (empty when never deployed)."""
+        row = self._db.execute("SELECT * FROM services WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return ServiceState(name=name)
+        return ServiceState(
+            name=row["name"],
+            stable=row["stable"],
+            previous=row["previous"],
+            canary=row["canary"],
+            weights={k: int(v) for k, v in json.loads(row["weights"]).items()},
+            counts={k: int(v) for k, v in json.loads(row["counts"]).items()},
+            retire_at={k: float(v) for k, v in json.loads(row["retire_at"]).items()},
+        )
+
+    def save_service(self, state: ServiceState) -> None:
+        """Write the service's desired state."""
+        self._db.execute(
+            "INSERT INTO services (name, stable, previous, canary, weights, counts, retire_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+            " stable=excluded.stable, previous=excluded.previous, canary=excluded.canary,"
+            " weights=excluded.weights, counts=excluded.counts, retire_at=excluded.retire_at",
+            (
+                state.name,
+                state.stable,
+                state.previous,
+                state.canary,
+                json.dumps(state.weights, sort_keys=True),
+                json.dumps(state.counts, sort_keys=True),
+                json.dumps(state.retire_at, sort_keys=True),
+            ),
+        )
+
+    # -- rollouts -----------------------------------------------------------------------
+
+    def create_rollout(self, rollout: Rollout) -> Rollout:
+        """Insert a new rollout; returns it with its id."""
+        cursor = self._db.execute(
+            "INSERT INTO rollouts (service, release, previous, strategy, plan, step,"
+            " step_started_at, phase, created_at, ended_at, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rollout.service,
+                rollout.release,
+                rollout.previous,
+                rollout.strategy,
+                json.dumps(plan_to_list(rollout.plan)),
+                rollout.step,
+                rollout.step_started_at,
+                rollout.phase,
+                rollout.created_at,
+                rollout.ended_at,
+                rollout.reason,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return Rollout(**{**_rollout_fields(rollout), "id": cursor.lastrowid})
+
+    def save_rollout(self, rollout: Rollout) -> None:
+        """Write a rollout's progress."""
+        self._db.execute(
+            "UPDATE rollouts SET step=?, step_started_at=?, phase=?, ended_at=?, reason=?"
+            " WHERE id=?",
+            (
+                rollout.step,
+                rollout.step_started_at,
+                rollout.phase,
+                rollout.ended_at,
+                rollout.reason,
+                rollout.id,
+            ),
+        )
+
+    def active_rollout(self, service: str) -> Rollout | None:
+        """The service's running rollout, if any."""
+        row = self._db.execute(
+            "SELECT * FROM rollouts WHERE service = ? AND ended_at IS NULL"
+            " ORDER BY id DESC LIMIT 1",
+            (service,),
+        ).fetchone()
+        return None if row is None else _rollout(row)
+
+    def rollout(self, rollout_id: int) -> Rollout | None:
+        """One rollout by id."""
+        row = self._db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+        return None if row is None else _rollout(row)
+
+    def rollouts(self, service: str, limit: int = 50) -> list[Rollout]:
+        """The service's rollouts, newest first."""
+        rows = self._db.execute(
+            "SELECT * FROM rollouts WHERE service = ? ORDER BY id DESC LIMIT ?", (service, limit)
+        ).fetchall()
+        return [_rollout(row) for row in rows]
+
+    # -- instances ----------------------------------------------------------------------
+
+    def save_instance(self, record: InstanceRecord) -> None:
+        """Insert or update an instance record."""
+        fields = asdict(record)
+        columns = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name}=excluded.{name}" for name in fields if name != "id")
+        self._db.execute(
+            f"INSERT INTO instances ({columns}) VALUES ({marks})"
+            f" ON CONFLICT(id) DO UPDATE SET {updates}",
+            tuple(fields.values()),
+        )
+
+    def instances(
+        self, service: str | None = None, states: tuple[InstanceState, ...] = LIVE_STATES
+    ) -> list[InstanceRecord]:
+        """Instance records in the given states, oldest first."""
+        marks = ", ".join("?" for _ in states)
+        query = f"SELECT * FROM instances WHERE state IN ({marks})"
+        params: list[Any] = list(states)
+        if service is not None:
+            query += " AND service = ?"
+            params.append(service)
+        rows = self._db.execute(query + " ORDER BY started_at, id", params).fetchall()
+        return [InstanceRecord(**dict(row)) for row in rows]
+
+    def forget_instances(self, before: float) -> None:
+        """Drop records of instances that ended before `before`."""
+        self._db.execute(
+            "DELETE FROM instances WHERE state IN ('stopped', 'failed') AND started_at < ?",
+            (before,),
+        )
+
+    # -- audit log ----------------------------------------------------------------------
+
+    def record(
+        self, service: str, kind: str, detail: dict[str, object], rollout_id: int | None = None
+    ) -> Event:
+        """Append to the audit log; each entry's hash covers the one before it."""
+        at = time.time()
+        row = self._db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        prev = row["hash"] if row else ""
+        body = json.dumps(detail, sort_keys=True, default=str)
+        digest = _chain_hash(prev, at, service, rollout_id, kind, body)
+        cursor = self._db.execute(
+            "INSERT INTO events (at, service, rollout_id, kind, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, service, rollout_id, kind, body, prev, digest),
+        )
+        assert cursor.lastrowid is not None
+        return Event(cursor.lastrowid, at, service, rollout_id, kind, json.loads(body), digest)
+
+    def events(self, service: str | None = None, rollout_id: int | None = None) -> list[Event]:
+        """Audit entries, oldest first."""
+        query, params = "SELECT * FROM events WHERE 1=1", []
+        if service is not None:
+            query += " AND service = ?"
+            params.append(service)
+        if rollout_id is not None:
+            query += " AND rollout_id = ?"
+            params.append(str(rollout_id))
+        rows = self._db.execute(query + " ORDER BY id", params).fetchall()
+        return [
+            Event(
+                r["id"],
+                r["at"],
+                r["service"],
+                r["rollout_id"],
+                r["kind"],
+                json.loads(r["detail"]),
+                r["hash"],
+            )
+            for r in rows
+        ]
+
+    def verify_log(self) -> int | None:
+        """The id of the first audit entry whose hash chain is broken, or None if intact."""
+        prev = ""
+        for r in self._db.execute("SELECT * FROM events ORDER BY id"):
+            expected = _chain_hash(
+                prev, r["at"], r["service"], r["rollout_id"], r["kind"], r["detail"]
+            )
+            if r["prev_hash"] != prev or r["hash"] != expected:
+                return int(r["id"])
+            prev = r["hash"]
+        return None
+
+
+def _chain_hash(
+    prev: str, at: float, service: str, rollout_id: int | None, kind: str, body: str
+) -> str:
+    text = json.dumps([prev, repr(at), service, rollout_id, kind, body])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _rollout_fields(rollout: Rollout) -> dict[str, Any]:
+    return {
+        "id": rollout.id,
+        "service": rollout.service,
+        "release": rollout.release,
+        "previous": rollout.previous,
+        "strategy": rollout.strategy,
+        "plan": rollout.plan,
+        "step": rollout.step,
+        "step_started_at": rollout.step_started_at,
+        "phase": rollout.phase,
+        "created_at": rollout.created_at,
+        "ended_at": rollout.ended_at,
+        "reason": rollout.reason,
+    }
+
+
+def _rollout(row: sqlite3.Row) -> Rollout:
+    phase: Phase = row["phase"]
+    return Rollout(
+        id=row["id"],
+        service=row["service"],
+        release=row["release"],
+        previous=row["previous"],
+        strategy=row["strategy"],
+        plan=plan_from_list(json.loads(row["plan"])),
+        step=row["step"],
+        step_started_at=row["step_started_at"],
+        phase=phase,
+        created_at=row["created_at"],
+        ended_at=row["ended_at"],
+        reason=row["reason"],
+    )

@@ -1,0 +1,154 @@
+"""In-memory drivers and a fake clock, for tests of the controller's logic.
+
+They honour the driver protocols' contracts (idempotence included) without processes,
+sockets or HAProxy. The real drivers have their own tests against the real things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from canarist.errors import InstanceFailed, UnknownRelease
+from canarist.platforms.base import Instance
+from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += seconds
+
+
+@dataclass
+class FakeCatalog:
+    """Releases known by reference, with their health paths."""
+
+    releases: dict[str, str] = field(default_factory=dict)  # ref -> health path
+
+    def add(self, name: str, health: str = "/healthz") -> str:
+        """Register a release named by a short word; returns its reference."""
+        ref = "sha256:" + name.encode().hex().ljust(64, "0")[:64]
+        self.releases[ref] = health
+        return ref
+
+    def resolve(self, text: str) -> str:
+        """A full reference that is known."""
+        if text in self.releases:
+            return text
+        raise UnknownRelease(f"unknown release {text!r}")
+
+    def health(self, ref: str) -> str:
+        """The release's health path."""
+        return self.releases[ref]
+
+
+class FakePlatform:
+    """Instances that exist only in memory; releases listed in `broken` never start."""
+
+    def __init__(self, catalog: FakeCatalog) -> None:
+        self.catalog = catalog
+        self.running: dict[str, Instance] = {}
+        self.broken: set[str] = set()
+        self.unhealthy: set[str] = set()  # instance ids whose probes fail
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self._next_pid = 1000
+
+    async def prepare(self, release: str) -> None:
+        """Known releases only."""
+        self.catalog.resolve(release)
+
+    async def start(
+        self, service: str, release: str, instance_id: str, *, health_path: str, timeout: float
+    ) -> Instance:
+        """A new in-memory instance, or InstanceFailed for a broken release."""
+        if release in self.broken:
+            raise InstanceFailed(f"{instance_id} exited with status 1")
+        self._next_pid += 1
+        instance = Instance(
+            id=instance_id,
+            service=service,
+            release=release,
+            host="127.0.0.1",
+            port=20000 + self._next_pid,
+            pid=self._next_pid,
+            pid_start=1,
+            workdir=Path("/nonexistent") / instance_id,
+            started_at=0.0,
+        )
+        self.running[instance_id] = instance
+        self.started.append(instance_id)
+        return instance
+
+    async def healthy(self, instance: Instance, *, health_path: str, timeout: float) -> bool:
+        """False for ids in `unhealthy`."""
+        return instance.id in self.running and instance.id not in self.unhealthy
+
+    def alive(self, instance: Instance) -> bool:
+        """True while not killed or stopped."""
+        return instance.id in self.running
+
+    async def stop(self, instance: Instance, *, grace: float) -> None:
+        """Forget the instance."""
+        if self.running.pop(instance.id, None) is not None:
+            self.stopped.append(instance.id)
+
+    def kill(self, instance_id: str) -> None:
+        """The instance dies on its own."""
+        self.running.pop(instance_id, None)
+
+
+class FakeRouter:
+    """Keeps the last table per service and reports effective weights from it."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, RouteTable] = {}
+        self.routes: list[ServiceRoute] = []
+        self.sessions: dict[str, int] = {}
+        self.history: list[tuple[str, dict[str, int]]] = []
+        self.stopped = False
+
+    async def ensure(self, services: Sequence[ServiceRoute]) -> None:
+        """Remember the routes."""
+        self.routes = list(services)
+
+    async def apply(self, service: str, table: RouteTable) -> None:
+        """Remember the table; record each change of effective weights."""
+        self.tables[service] = table
+        weights = _effective(table)
+        if not self.history or self.history[-1] != (service, weights):
+            self.history.append((service, weights))
+
+    async def read_weights(self, service: str) -> dict[str, float]:
+        """Effective weights of the last table."""
+        table = self.tables.get(service)
+        return {k: float(v) for k, v in (_effective(table) if table else {}).items()}
+
+    async def active_sessions(self, service: str, instance_id: str) -> int:
+        """Whatever the test set."""
+        return self.sessions.get(instance_id, 0)
+
+    async def counters(self, service: str) -> dict[str, ReleaseCounters]:
+        """Nothing is counted here."""
+        return {}
+
+    async def stop(self) -> None:
+        """Mark stopped."""
+        self.stopped = True
+
+
+def _effective(table: RouteTable) -> dict[str, int]:
+    active = {m.release for m in table.members if m.state == "active"}
+    shares = {r: w for r, w in table.weights.items() if r in active and w > 0}
+    total = sum(shares.values())
+    return {r: round(100 * w / total) for r, w in shares.items()} if total else {}

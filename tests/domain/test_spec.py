@@ -1,0 +1,77 @@
+"""The spec parser accepts what users write and refuses the rest in one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+from canarist.domain.durations import format_duration, parse_duration
+from canarist.domain.spec import parse_spec
+from canarist.errors import ConfigError, UnknownService
+
+
+def test_minimal_spec_gets_sensible_defaults() -> None:
+    """A service needs only a name: defaults fill in the rest."""
+    spec = parse_spec("services:\n  web:\n    listen: 127.0.0.1:9000\n")
+    web = spec.service("web")
+    assert web.instances == 2
+    assert web.listen_address() == ("127.0.0.1", 9000)
+    assert web.strategy.kind == "canary"
+    assert web.slot_count() >= 2 * web.instances
+
+
+def test_strategy_as_a_plain_name() -> None:
+    """`strategy: blue-green` is shorthand for `{kind: blue-green}`."""
+    spec = parse_spec("services:\n  web:\n    strategy: Canary10Percent5Minutes\n")
+    assert spec.service("web").strategy.kind == "Canary10Percent5Minutes"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("services: [", "canarist.yaml line"),
+        ("web: {}", "expected a mapping with a 'services' mapping"),
+        ("services:\n  web:\n    instances: 0\n", "services.web.instances"),
+        ("services:\n  web:\n    listen: nowhere\n", "HOST:PORT"),
+        ("services:\n  web:\n    strategy: yolo\n", "unknown strategy 'yolo'"),
+        ("services:\n  web:\n    colour: blue\n", "services.web.colour"),
+        ("services:\n  Web!:\n    {}\n", "service name"),
+        ("services:\n  web:\n    health: {path: healthz}\n", "must start with '/'"),
+        ("services:\n  web:\n    drain_timeout: soon\n", "not a duration"),
+        (
+            "services:\n  a:\n    listen: 127.0.0.1:1\n  b:\n    listen: 127.0.0.1:1\n",
+            "both listen",
+        ),
+        (
+            "services:\n  web:\n    strategy: {steps: [{set_weight: 5, pause: 3}]}\n",
+            "either",
+        ),
+    ],
+)
+def test_malformed_specs_are_one_clear_line(text: str, fragment: str) -> None:
+    """Every malformed spec raises ConfigError with one line naming the problem."""
+    with pytest.raises(ConfigError) as caught:
+        parse_spec(text)
+    message = str(caught.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_unknown_service_lists_the_declared_ones() -> None:
+    """Asking for an undeclared service names the ones that exist."""
+    spec = parse_spec("services:\n  web:\n    {}\n  api:\n    listen: 127.0.0.1:9001\n")
+    with pytest.raises(UnknownService, match="declared: api, web"):
+        spec.service("db")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(30, 30.0), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25)],
+)
+def test_durations(value: object, seconds: float) -> None:
+    """Durations accept numbers and unit suffixes."""
+    assert parse_duration(value) == seconds
+
+
+def test_duration_formatting() -> None:
+    """Short human forms."""
+    assert [format_duration(s) for s in (0.25, 45, 300, 90)] == ["250ms", "45s", "5m", "1m30s"]
