@@ -1,0 +1,711 @@
+"""The controller's engine: one tick advances every rollout and reconciles every service.
+
+Crash safety comes from two rules. A step is recorded (with its effect on the desired
+state) before anything acts on it, in one transaction. And everything that acts is a
+convergence: the reconciler compares the desired state in the store with what runs and
+what the router routes, and closes the gap with idempotent driver calls. A controller
+killed at any point therefore resumes by simply ticking again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from canarist.domain.plan import Pause, Plan, Promote, Scale, SetWeight, describe, plan_to_list
+from canarist.domain.rollout import (
+    EXIT_CODES,
+    Ended,
+    Phase,
+    PromoteRequested,
+    Rollout,
+    StepDone,
+    transition,
+)
+from canarist.domain.spec import DeploymentSpec, ServiceSpec
+from canarist.domain.strategies import compile_plan, override
+from canarist.errors import BadInput, DriverError, RolloutInProgress
+from canarist.platforms.base import Instance, Platform
+from canarist.routers.base import Member, ReleaseCounters, Router, RouteTable, ServiceRoute
+from canarist.store.records import InstanceRecord, ServiceState
+from canarist.store.sqlite import SQLiteStore
+
+log = logging.getLogger("canarist.controller")
+
+# A scale step gives up after this many instances of the new release failed to start.
+START_ATTEMPTS = 3
+
+
+@dataclass
+class _Health:
+    """In-memory health bookkeeping of one instance."""
+
+    failures: int = 0
+    last_probe: float = 0.0
+
+
+@dataclass
+class _ServiceRuntime:
+    """What the engine keeps in memory per service; all of it can be rebuilt after a crash."""
+
+    applied_weights: dict[str, int] | None = None
+    start_failures: dict[str, int] = field(default_factory=dict)  # release -> failed starts
+    last_start_error: dict[str, str] = field(default_factory=dict)
+    counters: dict[str, ReleaseCounters] = field(default_factory=dict)
+
+
+class Catalog(Protocol):
+    """What the engine reads about releases."""
+
+    def resolve(self, text: str) -> str:
+        """The full reference for a reference, unique prefix or label; UnknownRelease if none."""
+
+    def health(self, ref: str) -> str:
+        """The release's own health path."""
+
+
+class Engine:
+    """Advances rollouts and reconciles services, one `tick` at a time."""
+
+    def __init__(
+        self,
+        spec: DeploymentSpec,
+        store: SQLiteStore,
+        platform: Platform,
+        router: Router,
+        catalog: Catalog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.platform = platform
+        self.router = router
+        self.catalog = catalog
+        self.clock = clock
+        self._runtime: dict[str, _ServiceRuntime] = {
+            name: _ServiceRuntime() for name in spec.services
+        }
+        self._health: dict[str, _Health] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # instance id -> start or stop task
+        self._lock = asyncio.Lock()
+        self._adopted = False
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def deploy(self, service: str, release: str, strategy: str | None = None) -> Rollout:
+        """Start a rollout of `release`; BadInput when it cannot start (nothing changes then)."""
+        svc = self.spec.service(service)
+        strat = override(svc.strategy, strategy) if strategy else svc.strategy
+        ref = self.catalog.resolve(release)
+        await self.platform.prepare(ref)  # refuses unknown or tampered releases up front
+        async with self._lock:
+            state = self.store.service(service)
+            first = state.stable is None
+            plan = compile_plan(strat, svc.instances, first=first)
+            return self._begin(state, ref, "initial" if first else strat.kind, plan)
+
+    def _begin(self, state: ServiceState, ref: str, strategy: str, plan: Plan) -> Rollout:
+        """Record a new rollout and its first step's desired state, in one transaction."""
+        service = state.name
+        if self.store.active_rollout(service) is not None:
+            raise RolloutInProgress(
+                f"a rollout of {service!r} is already running; promote, abort or wait for it"
+            )
+        if state.stable == ref:
+            raise BadInput(f"{_short(ref)} is already the stable release of {service!r}")
+        now = self.clock()
+        rollout = Rollout(
+            id=0,
+            service=service,
+            release=ref,
+            previous=state.stable,
+            strategy=strategy,
+            plan=plan,
+            step=0,
+            step_started_at=now,
+            phase="progressing",
+            created_at=now,
+        )
+        with self.store.transaction():
+            rollout = self.store.create_rollout(rollout)
+            state.canary = ref
+            state.retire_at.pop(ref, None)
+            self._enter_step(state, rollout)
+            self.store.save_service(state)
+            self.store.record(
+                service,
+                "rollout.started",
+                {
+                    "release": ref,
+                    "previous": state.stable,
+                    "strategy": rollout.strategy,
+                    "plan": plan_to_list(plan),
+                },
+                rollout.id,
+            )
+        self._runtime[service].start_failures.pop(ref, None)
+        return rollout
+
+    async def promote(self, service: str, full: bool = False) -> Rollout:
+        """Pass the current pause (manual or timed), or with `full` skip to promotion."""
+        self.spec.service(service)
+        async with self._lock:
+            rollout = self._require_active(service)
+            after = transition(rollout, PromoteRequested(self.clock(), full=full))
+            if after == rollout:
+                raise BadInput(
+                    f"{service!r} is at step {rollout.step + 1} ({_step_text(rollout)}), not at a"
+                    " pause; use --full to finish the rollout now"
+                )
+            with self.store.transaction():
+                state = self.store.service(service)
+                self._enter_step(state, after)
+                self.store.save_service(state)
+                self.store.save_rollout(after)
+                self.store.record(service, "rollout.promote_requested", {"full": full}, rollout.id)
+            return after
+
+    async def abort(self, service: str, reason: str = "aborted by hand") -> Rollout:
+        """Stop the rollout, send all traffic back to stable and retire the canary."""
+        self.spec.service(service)
+        async with self._lock:
+            return self._end(self._require_active(service), "aborted", reason)
+
+    async def rollback(self, service: str, reason: str = "rolled back by hand") -> Rollout:
+        """Mid-rollout: end it and restore stable. Otherwise: return to the previous release."""
+        svc = self.spec.service(service)
+        async with self._lock:
+            active = self.store.active_rollout(service)
+            if active is not None:
+                return self._end(active, "rolled_back", reason)
+            state = self.store.service(service)
+            previous = state.previous
+            if previous is None:
+                raise BadInput(f"{service!r} has no previous release to roll back to")
+        await self.platform.prepare(previous)
+        async with self._lock:
+            state = self.store.service(service)
+            # All at once: a still-warm previous release takes traffic with one router
+            # change. The release rolled back from stays warm in case this was a mistake.
+            plan = (
+                Scale("canary", svc.instances),
+                SetWeight(100),
+                Promote(svc.strategy.scale_down_delay),
+            )
+            return self._begin(state, previous, "rollback", plan)
+
+    def _require_active(self, service: str) -> Rollout:
+        rollout = self.store.active_rollout(service)
+        if rollout is None:
+            raise BadInput(f"no rollout of {service!r} is running")
+        return rollout
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Advance every rollout one notch and converge every service."""
+        async with self._lock:
+            if not self._adopted:
+                self._adopt()
+                self._adopted = True
+            try:
+                await self.router.ensure(self._routes())
+            except DriverError as exc:
+                log.warning("router: %s", exc)
+            for name in self.spec.services:
+                rollout = self.store.active_rollout(name)
+                if rollout is not None:
+                    self._advance(rollout)
+                await self._reconcile(name)
+
+    async def run(self, stop: asyncio.Event, interval: float = 0.1) -> None:
+        """Tick until `stop` is set."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("tick failed; retrying")
+            elapsed = time.monotonic() - started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, interval - elapsed))
+
+    async def shutdown(self) -> None:
+        """Stop every instance and the router (for `canarist down`)."""
+        async with self._lock:
+            for task in list(self._tasks.values()):
+                task.cancel()
+            for name in self.spec.services:
+                with contextlib.suppress(DriverError):
+                    await self.router.apply(name, RouteTable(members=(), weights={}))
+            await self.router.stop()
+            records = self.store.instances()
+            grace = {n: s.stop_grace for n, s in self.spec.services.items()}
+            await asyncio.gather(
+                *(self._stop_record(r, grace.get(r.service, 10.0)) for r in records),
+                return_exceptions=True,
+            )
+
+    # -- rollouts ----------------------------------------------------------------------
+
+    def _advance(self, rollout: Rollout) -> None:
+        """Move the rollout on when its current step is complete."""
+        state = self.store.service(rollout.service)
+        self._enter_step(state, rollout)  # idempotent: re-asserts the step's desired state
+        self.store.save_service(state)
+        step = rollout.current
+        now = self.clock()
+        done = False
+        if isinstance(step, Scale):
+            release = self._role_release(rollout, step.role)
+            failures = self._runtime[rollout.service].start_failures.get(release or "", 0)
+            if release is not None and step.role == "canary" and failures >= START_ATTEMPTS:
+                why = self._runtime[rollout.service].last_start_error.get(release, "")
+                self._end(
+                    rollout,
+                    "rolled_back",
+                    f"canary instances failed to start {failures} times: {why}",
+                )
+                return
+            done = release is None or self._scaled(rollout.service, release, step.count)
+        elif isinstance(step, SetWeight):
+            done = self._runtime[rollout.service].applied_weights == state.weights
+        elif isinstance(step, Pause):
+            done = step.seconds is not None and now - rollout.step_started_at >= step.seconds
+        elif isinstance(step, Promote):
+            self._end(rollout, "promoted", "all steps passed")
+            return
+        if done:
+            after = transition(rollout, StepDone(now))
+            with self.store.transaction():
+                self._enter_step(state, after)
+                self.store.save_service(state)
+                self.store.save_rollout(after)
+                self.store.record(
+                    rollout.service,
+                    "rollout.step",
+                    {"index": after.step, "step": _step_text(after)},
+                    rollout.id,
+                )
+
+    def _enter_step(self, state: ServiceState, rollout: Rollout) -> None:
+        """Write the desired state the rollout's current step asks for (idempotent)."""
+        step = rollout.current
+        if isinstance(step, Scale):
+            release = self._role_release(rollout, step.role)
+            if release is not None:
+                state.counts[release] = step.count
+        elif isinstance(step, SetWeight):
+            state.weights = _weights(rollout.release, rollout.previous, step.percent)
+
+    def _end(self, rollout: Rollout, phase: Phase, reason: str) -> Rollout:
+        """End a rollout and set the service's desired state to match."""
+        now = self.clock()
+        svc = self.spec.service(rollout.service)
+        state = self.store.service(rollout.service)
+        ended = transition(rollout, Ended(now, phase, reason))
+        with self.store.transaction():
+            if phase == "promoted":
+                old = rollout.previous
+                state.previous = old if old != rollout.release else state.previous
+                state.stable = rollout.release
+                state.weights = {rollout.release: 100}
+                state.counts[rollout.release] = svc.instances
+                step = rollout.plan[-1]
+                delay = step.scale_down_delay if isinstance(step, Promote) else 0.0
+                if old is not None and old != rollout.release:
+                    if delay > 0:
+                        state.retire_at[old] = now + delay
+                    else:
+                        state.counts[old] = 0
+            else:
+                stable = rollout.previous
+                state.weights = {stable: 100} if stable else {}
+                if stable is not None:
+                    state.counts[stable] = svc.instances
+                if rollout.release != stable:
+                    state.counts[rollout.release] = 0
+            state.canary = None
+            self.store.save_service(state)
+            self.store.save_rollout(ended)
+            self.store.record(rollout.service, f"rollout.{phase}", {"reason": reason}, rollout.id)
+        log.info("%s: rollout %d %s (%s)", rollout.service, rollout.id, phase, reason)
+        return ended
+
+    def _role_release(self, rollout: Rollout, role: str) -> str | None:
+        return rollout.release if role == "canary" else rollout.previous
+
+    def _scaled(self, service: str, release: str, count: int) -> bool:
+        records = [r for r in self.store.instances(service) if r.release == release]
+        running = [r for r in records if r.state == "running"]
+        others = [r for r in records if r.state != "running"]
+        return len(running) == count and not others
+
+    # -- reconciliation ----------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        """After a (re)start: keep the instances still running, write off the others."""
+        for record in self.store.instances():
+            if record.state == "starting" or record.pid == 0:
+                self._mark(record, "failed", "controller restarted while it was starting")
+                continue
+            if not self.platform.alive(_instance(record)):
+                self._mark(record, "failed", "gone while the controller was down")
+
+    async def _reconcile(self, name: str) -> None:
+        svc = self.spec.services[name]
+        state = self.store.service(name)
+        runtime = self._runtime[name]
+        now = self.clock()
+        self._retire_warm(state, now)
+        records = self.store.instances(name)
+        await self._check_health(svc, records, now)
+        records = self.store.instances(name)
+        self._scale(svc, state, records, now)
+        records = self.store.instances(name)
+        await self._finish_drains(svc, records, now)
+        records = self.store.instances(name)
+        table = _table(svc, state, records)
+        try:
+            await self.router.apply(name, table)
+            runtime.applied_weights = dict(state.weights)
+        except DriverError as exc:
+            runtime.applied_weights = None
+            log.warning("%s: router apply failed: %s", name, exc)
+            return
+        for record in records:
+            if record.state == "stopping" and record.id not in self._tasks:
+                self._spawn(record.id, self._stop_record(record, svc.stop_grace))
+        with contextlib.suppress(DriverError):
+            runtime.counters = await self.router.counters(name)
+
+    def _retire_warm(self, state: ServiceState, now: float) -> None:
+        due = [r for r, at in state.retire_at.items() if at <= now]
+        if not due:
+            return
+        for release in due:
+            del state.retire_at[release]
+            if release not in (state.stable, state.canary):
+                state.counts[release] = 0
+        self.store.save_service(state)
+        self.store.record(state.name, "release.retired", {"releases": due})
+
+    async def _check_health(
+        self, svc: ServiceSpec, records: list[InstanceRecord], now: float
+    ) -> None:
+        probes: list[tuple[InstanceRecord, asyncio.Task[bool]]] = []
+        for record in records:
+            if record.state not in ("running", "draining"):
+                continue
+            instance = _instance(record)
+            if not self.platform.alive(instance):
+                self._mark(record, "failed", "process exited")
+                self._runtime[svc.name].applied_weights = None
+                self._spawn(record.id, self._stop_record(record, 0.0))
+                continue
+            health = self._health.setdefault(record.id, _Health())
+            if record.state == "running" and now - health.last_probe >= svc.health.interval:
+                health.last_probe = now
+                path = svc.health.path or self._health_path(record.release)
+                probe = self.platform.healthy(
+                    instance, health_path=path, timeout=svc.health.timeout
+                )
+                probes.append((record, asyncio.ensure_future(probe)))
+        for record, task in probes:
+            health = self._health[record.id]
+            ok = await task
+            health.failures = 0 if ok else health.failures + 1
+            if health.failures >= svc.health.failures:
+                # Never repaired in place: it is taken out and a fresh one replaces it.
+                self._mark(record, "stopping", f"failed {health.failures} health checks")
+
+    def _scale(
+        self, svc: ServiceSpec, state: ServiceState, records: list[InstanceRecord], now: float
+    ) -> None:
+        releases = set(state.counts) | {r.release for r in records}
+        for release in sorted(releases):
+            want = state.counts.get(release, 0)
+            mine = [r for r in records if r.release == release]
+            serving = [r for r in mine if r.state in ("starting", "running")]
+            if len(serving) < want:
+                failures = self._runtime[svc.name].start_failures.get(release, 0)
+                if failures >= START_ATTEMPTS and release == state.canary:
+                    continue  # the rollout will end; do not hammer a release that cannot start
+                for _ in range(want - len(serving)):
+                    self._start(svc, release, now)
+            elif len(serving) > want:
+                # Take out the newest first, so the ones that proved themselves stay longest.
+                victims = sorted(serving, key=lambda r: (r.state != "starting", -r.started_at))
+                for record in victims[: len(serving) - want]:
+                    if record.state == "starting":
+                        continue  # let it finish; it is taken out once running
+                    record.drain_started_at = now
+                    self._mark(record, "draining", "scaled down")
+            if want == 0 and not mine:
+                state.counts.pop(release, None)
+                self.store.save_service(state)
+
+    def _start(self, svc: ServiceSpec, release: str, now: float) -> None:
+        instance_id = f"{svc.name}-{release.removeprefix('sha256:')[:8]}-{secrets.token_hex(3)}"
+        record = InstanceRecord(
+            id=instance_id, service=svc.name, release=release, state="starting", started_at=now
+        )
+        self.store.save_instance(record)  # recorded before it exists
+        self._spawn(instance_id, self._run_start(svc, record))
+
+    async def _run_start(self, svc: ServiceSpec, record: InstanceRecord) -> None:
+        path = svc.health.path or self._health_path(record.release)
+        try:
+            await self.platform.prepare(record.release)
+            instance = await self.platform.start(
+                svc.name,
+                record.release,
+                record.id,
+                health_path=path,
+                timeout=svc.health.start_timeout,
+            )
+        except Exception as exc:  # every failure of a start is written down, never lost
+            runtime = self._runtime[svc.name]
+            runtime.start_failures[record.release] = (
+                runtime.start_failures.get(record.release, 0) + 1
+            )
+            runtime.last_start_error[record.release] = (
+                str(exc).splitlines()[0] if str(exc) else repr(exc)
+            )
+            self._mark(record, "failed", f"start failed: {exc}")
+            log.warning("%s: %s did not start: %s", svc.name, record.id, exc)
+            return
+        async with self._lock:
+            current = {r.id: r for r in self.store.instances(svc.name)}.get(record.id)
+            record.host, record.port, record.pid = instance.host, instance.port, instance.pid
+            record.pid_start, record.workdir = instance.pid_start, str(instance.workdir)
+            record.started_at = instance.started_at
+            if current is None:
+                # Written off meanwhile (shutdown): do not leave it running.
+                self._mark(record, "stopping", "no longer wanted")
+            else:
+                self._mark(record, "running", "healthy")
+            self.store.record(
+                svc.name,
+                "instance.started",
+                {"instance": record.id, "release": record.release, "port": record.port},
+            )
+
+    async def _finish_drains(
+        self, svc: ServiceSpec, records: list[InstanceRecord], now: float
+    ) -> None:
+        for record in records:
+            if record.state != "draining":
+                continue
+            elapsed = now - record.drain_started_at
+            if elapsed < 0.3:
+                continue  # let the router take it out of rotation first
+            try:
+                sessions = await self.router.active_sessions(svc.name, record.id)
+            except DriverError:
+                sessions = 1
+            if sessions == 0 or elapsed >= svc.drain_timeout:
+                self._mark(record, "stopping", "drained" if sessions == 0 else "drain timeout")
+
+    async def _stop_record(self, record: InstanceRecord, grace: float) -> None:
+        if record.pid:
+            try:
+                await self.platform.stop(_instance(record), grace=grace)
+            except DriverError as exc:
+                log.warning("stop %s: %s", record.id, exc)
+        if record.state != "failed":
+            self._mark(record, "stopped", record.reason or "stopped")
+        self._health.pop(record.id, None)
+
+    def _spawn(self, key: str, coro: Any) -> None:
+        if key in self._tasks and not self._tasks[key].done():
+            return
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(key) is done:
+                del self._tasks[key]
+
+        task.add_done_callback(forget)
+
+    def _mark(self, record: InstanceRecord, state: Any, reason: str) -> None:
+        record.state = state
+        record.reason = reason
+        self.store.save_instance(record)
+
+    def _health_path(self, release: str) -> str:
+        try:
+            return self.catalog.health(release)
+        except Exception:  # a release gone from the catalog still gets probed somewhere sane
+            return "/healthz"
+
+    def _routes(self) -> list[ServiceRoute]:
+        routes = []
+        for svc in self.spec.services.values():
+            host, port = svc.listen_address()
+            routes.append(
+                ServiceRoute(
+                    name=svc.name,
+                    listen_host=host,
+                    listen_port=port,
+                    slots=svc.slot_count(),
+                    health_path=svc.health.path or self._route_health(svc.name),
+                    sticky=svc.sticky,
+                    canary_header=svc.canary_header,
+                )
+            )
+        return routes
+
+    def _route_health(self, name: str) -> str:
+        state = self.store.service(name)
+        release = state.stable or state.canary
+        return self._health_path(release) if release else "/healthz"
+
+    # -- reading -----------------------------------------------------------------------
+
+    def status(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Where each service stands, in the `status --json` shape."""
+        names = [self.spec.service(service).name] if service else list(self.spec.services)
+        return [self._status(name) for name in names]
+
+    def _status(self, name: str) -> dict[str, Any]:
+        svc = self.spec.services[name]
+        state = self.store.service(name)
+        rollout = self.store.active_rollout(name)
+        records = self.store.instances(name)
+        host, port = svc.listen_address()
+        running = [r for r in records if r.state == "running"]
+        phase: str
+        if rollout is not None:
+            phase = rollout.phase
+        elif state.stable is None:
+            phase = "empty"
+        elif sum(1 for r in running if r.release == state.stable) < svc.instances:
+            phase = "degraded"
+        else:
+            phase = "stable"
+        counters = self._runtime[name].counters
+        return {
+            "service": name,
+            "phase": phase,
+            "stable": state.stable,
+            "canary": state.canary,
+            "previous": state.previous,
+            "weights": dict(state.weights),
+            "step": _step_info(rollout, self.clock()) if rollout else None,
+            "rollout": _rollout_json(rollout) if rollout else None,
+            "analysis": {"verdict": "none", "reason": "no analysis configured for this service"},
+            "endpoint": f"http://{host}:{port}/",
+            "instances": [
+                {"id": r.id, "release": r.release, "state": r.state, "port": r.port, "pid": r.pid}
+                for r in records
+            ],
+            "counters": {
+                release: {
+                    "requests": c.requests,
+                    "errors_5xx": c.errors_5xx,
+                    "connection_errors": c.connection_errors,
+                }
+                for release, c in counters.items()
+            },
+            "warm": {release: at for release, at in state.retire_at.items()},
+        }
+
+    def history(self, service: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Past and current rollouts of a service, newest first."""
+        self.spec.service(service)
+        out = []
+        for rollout in self.store.rollouts(service, limit):
+            item = _rollout_json(rollout)
+            item["events"] = [
+                {"at": e.at, "kind": e.kind, "detail": e.detail}
+                for e in self.store.events(service, rollout.id)
+            ]
+            out.append(item)
+        return out
+
+    def rollout(self, rollout_id: int) -> dict[str, Any] | None:
+        """One rollout by id, for `deploy --wait`."""
+        rollout = self.store.rollout(rollout_id)
+        return None if rollout is None else _rollout_json(rollout)
+
+
+def _weights(canary: str, stable: str | None, percent: int) -> dict[str, int]:
+    if stable is None or stable == canary:
+        return {canary: 100}
+    return {canary: percent, stable: 100 - percent}
+
+
+def _table(svc: ServiceSpec, state: ServiceState, records: list[InstanceRecord]) -> RouteTable:
+    """What the router should route: serving releases and the canary, plus draining members."""
+    members = []
+    for record in records:
+        routed = state.weights.get(record.release, 0) > 0 or record.release == state.canary
+        if record.state == "running" and routed:
+            members.append(Member(record.id, record.release, record.host, record.port, "active"))
+        elif record.state == "draining" and record.port:
+            members.append(Member(record.id, record.release, record.host, record.port, "draining"))
+    canary = state.canary if svc.canary_header else None
+    return RouteTable(members=tuple(members), weights=dict(state.weights), canary=canary)
+
+
+def _instance(record: InstanceRecord) -> Instance:
+    return Instance(
+        id=record.id,
+        service=record.service,
+        release=record.release,
+        host=record.host,
+        port=record.port,
+        pid=record.pid,
+        pid_start=record.pid_start,
+        workdir=Path(record.workdir),
+        started_at=record.started_at,
+    )
+
+
+def _short(ref: str) -> str:
+    return ref[:19]
+
+
+def _step_text(rollout: Rollout) -> str:
+    step = rollout.current
+    return describe(step) if step is not None else "done"
+
+
+def _step_info(rollout: Rollout, now: float) -> dict[str, Any]:
+    step = rollout.current
+    remaining = None
+    if isinstance(step, Pause) and step.seconds is not None:
+        remaining = max(0.0, step.seconds - (now - rollout.step_started_at))
+    return {
+        "index": rollout.step,
+        "total": len(rollout.plan),
+        "kind": step.kind if step is not None else "done",
+        "description": _step_text(rollout),
+        "remaining": remaining,
+    }
+
+
+def _rollout_json(rollout: Rollout) -> dict[str, Any]:
+    return {
+        "id": rollout.id,
+        "service": rollout.service,
+        "release": rollout.release,
+        "previous": rollout.previous,
+        "strategy": rollout.strategy,
+        "phase": rollout.phase,
+        "step": rollout.step,
+        "steps": [describe(s) for s in rollout.plan],
+        "created_at": rollout.created_at,
+        "ended_at": rollout.ended_at,
+        "reason": rollout.reason,
+        "exit_code": EXIT_CODES.get(rollout.phase),
+    }
