@@ -12,13 +12,14 @@ class RunnableRelease:
     """A verified release, ready to start instances from."""
 
     ref: str  # "sha256:<64 hex>"
-    command: tuple[str, ...]  # argv from the app's [tool.canarist.app]; "python" means the venv's
+    # argv from the app's [tool.canarist.app]; "python" means the venv's own
+    command: tuple[str, ...]
     health: str  # health path, e.g. "/healthz"
     venv: Path  # read-only venv built from the release's own wheels, shared by its instances
 
 
 class ReleaseSource(Protocol):
-    """Verifies, prepares and unpacks releases by reference. Blocking calls: run them in a thread."""
+    """Verifies, prepares and unpacks releases by reference; blocking, so run it in a thread."""
 
     def prepare(self, ref: str) -> RunnableRelease:
         """Verify the stored bytes against the digest and build (or reuse) the release's venv.
