@@ -1,0 +1,633 @@
+"""The HAProxy router against a real HAProxy and real backend processes."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from canarist.errors import RouterError
+from canarist.routers.base import Member, RouteTable, ServiceRoute
+from canarist.routers.haproxy import HAProxyRouter
+from canarist.routers.haproxy_runtime import (
+    RuntimeAPI,
+    parse_servers_state,
+    set_addr,
+    set_health,
+    set_state,
+)
+
+pytestmark = [
+    pytest.mark.haproxy,
+    pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs the haproxy binary"),
+]
+
+# A tiny HTTP/1.1 keep-alive server that answers with its own name; /fail answers 500,
+# /slow answers after half a second. It binds port 0 and prints the port it got.
+BACKEND = r"""
+import asyncio, sys
+name = sys.argv[1].encode()
+
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, version = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip().lower()
+            length = int(headers.get("content-length") or 0)
+            if length:
+                await reader.readexactly(length)
+            if path.startswith("/slow"):
+                await asyncio.sleep(0.5)
+            status = b"500 Internal Server Error" if path.startswith("/fail") else b"200 OK"
+            keep = version == "HTTP/1.1" and headers.get("connection") != "close"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(name)).encode()
+                + (b"\r\n" if keep else b"\r\nConnection: close\r\n") + b"\r\n" + name
+            )
+            await writer.drain()
+            if not keep:
+                break
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass
+    finally:
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+CANARY = "X-Canarist-Canary"
+
+
+@dataclass
+class Backend:
+    name: str
+    port: int
+    proc: subprocess.Popen[str]
+
+    def member(self, release: str, state: str = "active") -> Member:
+        assert state in ("active", "draining")
+        return Member(self.name, release, "127.0.0.1", self.port, state)  # type: ignore[arg-type]
+
+
+StartBackends = Callable[..., list[Backend]]
+
+
+@pytest.fixture
+def backends() -> Iterator[StartBackends]:
+    """Starts named backend processes; every one is killed at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*names: str) -> list[Backend]:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", BACKEND, name], stdout=subprocess.PIPE, text=True
+            )
+            for name in names
+        ]
+        started.extend(procs)
+        result = []
+        for name, proc in zip(names, procs, strict=True):
+            assert proc.stdout is not None
+            result.append(Backend(name, int(proc.stdout.readline()), proc))
+        return result
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A short, unique state dir (the admin socket path must stay short)."""
+    path = Path(tempfile.mkdtemp(prefix="cnr-hx-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def router(state_dir: Path) -> AsyncIterator[HAProxyRouter]:
+    """A router on its own state dir; any HAProxy started there is stopped at teardown."""
+    r = HAProxyRouter(state_dir)
+    yield r
+    await r.stop()
+    await HAProxyRouter(state_dir).stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def service(name: str = "web", *, slots: int = 6, sticky: bool = False) -> ServiceRoute:
+    return ServiceRoute(name, "127.0.0.1", free_port(), slots, "/healthz", sticky=sticky)
+
+
+def url(route: ServiceRoute, path: str = "/") -> str:
+    return f"http://{route.listen_host}:{route.listen_port}{path}"
+
+
+async def hit(
+    route: ServiceRoute,
+    n: int,
+    *,
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+    workers: int = 8,
+) -> collections.Counter[str]:
+    """Send n requests (keep-alive) and count the answering backends by name."""
+    seen: collections.Counter[str] = collections.Counter()
+    own = session is None
+    s = session or aiohttp.ClientSession()
+    queue = iter(range(n))
+
+    async def worker() -> None:
+        for _ in queue:
+            async with s.get(url(route, path), headers=headers) as resp:
+                seen[await resp.text()] += 1
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    finally:
+        if own:
+            await s.close()
+    return seen
+
+
+def wait_dead(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still alive")
+
+
+async def test_traffic_split_matches_weights(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """A 10/90 table over 2+2 servers splits 1000 requests 10/90 and reads back as such."""
+    a1, a2, b1, b2 = backends("a1", "a2", "b1", "b2")
+    route = service()
+    await router.ensure([route])
+    members = (a1.member("A"), a2.member("A"), b1.member("B"), b2.member("B"))
+    await router.apply(route.name, RouteTable(members, {"A": 10, "B": 90}))
+
+    seen = await hit(route, 1000)
+
+    a_share = (seen["a1"] + seen["a2"]) / 1000
+    assert abs(a_share - 0.10) < 0.02, seen
+    assert abs(seen["a1"] - seen["a2"]) <= 10 and abs(seen["b1"] - seen["b2"]) <= 20, seen
+    assert await router.read_weights(route.name) == {"A": 10.0, "B": 90.0}
+
+
+async def test_draining_member_gets_no_new_requests(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """A draining member takes no new requests while the rest of its release does."""
+    a1, a2 = backends("a1", "a2")
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), a2.member("A")), {"A": 100}))
+    assert set(await hit(route, 20)) == {"a1", "a2"}
+
+    await router.apply(
+        route.name, RouteTable((a1.member("A", "draining"), a2.member("A")), {"A": 100})
+    )
+
+    assert await hit(route, 200) == {"a2": 200}
+    assert await router.read_weights(route.name) == {"A": 100.0}
+
+
+async def test_active_sessions_counts_requests_in_flight(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """A slow request shows as an active session on its member until it completes."""
+    (a1,) = backends("a1")
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"),), {"A": 100}))
+
+    slow = asyncio.create_task(hit(route, 1, path="/slow", workers=1))
+    in_flight = 0
+    for _ in range(40):
+        in_flight = await router.active_sessions(route.name, "a1")
+        if in_flight:
+            break
+        await asyncio.sleep(0.01)
+    await slow
+
+    assert in_flight == 1
+    assert await router.active_sessions(route.name, "a1") == 0
+    assert await router.active_sessions(route.name, "unknown") == 0
+
+
+async def test_haproxy_killed_comes_back_with_last_table(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """After SIGKILL, ensure starts HAProxy again, already routing the last applied table."""
+    a1, b1, b2 = backends("a1", "b1", "b2")
+    route = service()
+    await router.ensure([route])
+    members = (a1.member("A"), b1.member("B"), b2.member("B", "draining"))
+    await router.apply(route.name, RouteTable(members, {"A": 1, "B": 99}))
+    first = router.pid
+    assert first is not None
+
+    os.kill(first, signal.SIGKILL)
+    wait_dead(first)
+    await router.ensure([route])
+
+    assert router.pid not in (None, first)
+    assert await router.read_weights(route.name) == {"A": 1.0, "B": 99.0}
+    seen = await hit(route, 200)
+    assert "b2" not in seen and seen["b1"] > seen["a1"] > 0, seen
+
+
+async def test_new_router_adopts_running_haproxy(
+    router: HAProxyRouter,
+    backends: StartBackends,
+    state_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restarted controller adopts the running HAProxy (same PID) and re-applying the
+    same table changes nothing."""
+    a1, b1 = backends("a1", "b1")
+    route = service()
+    await router.ensure([route])
+    table = RouteTable((a1.member("A"), b1.member("B")), {"A": 30, "B": 70}, canary="B")
+    await router.apply(route.name, table)
+    pid = router.pid
+
+    again = HAProxyRouter(state_dir)
+    await again.ensure([route])
+    with caplog.at_level(logging.INFO, logger="canarist.routers.haproxy"):
+        await again.apply(route.name, table)
+
+    assert again.pid == pid
+    assert not [r for r in caplog.records if "set server" in r.getMessage()]
+    assert await again.read_weights(route.name) == {"A": 30.0, "B": 70.0}
+    await hit(route, 10)
+    counts = await again.counters(route.name)
+    assert counts["A"].requests + counts["B"].requests == 10
+
+
+async def test_apply_moves_only_what_changed(
+    router: HAProxyRouter, backends: StartBackends, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A weight change issues weight commands only; members keep their slots."""
+    a1, b1 = backends("a1", "b1")
+    route = service()
+    await router.ensure([route])
+    members = (a1.member("A"), b1.member("B"))
+    await router.apply(route.name, RouteTable(members, {"A": 90, "B": 10}))
+    before = {(s.name, s.addr, s.port) for s in await router.runtime.servers_state("be_web")}
+
+    with caplog.at_level(logging.INFO, logger="canarist.routers.haproxy"):
+        await router.apply(route.name, RouteTable(tuple(reversed(members)), {"A": 50, "B": 50}))
+
+    issued = " ".join(r.getMessage() for r in caplog.records)
+    assert "weight" in issued and "addr" not in issued and "state" not in issued
+    after = {(s.name, s.addr, s.port) for s in await router.runtime.servers_state("be_web")}
+    assert after == before
+
+
+async def test_canary_header_forces_the_canary(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """The canary header reaches the canary even at 0 percent, and falls back without one."""
+    a1, b1 = backends("a1", "b1")
+    route = service()
+    await router.ensure([route])
+    members = (a1.member("A"), b1.member("B"))
+    await router.apply(route.name, RouteTable(members, {"A": 100, "B": 0}, canary="B"))
+
+    assert await hit(route, 20, headers={CANARY: "1"}) == {"b1": 20}
+    assert await hit(route, 20) == {"a1": 20}
+
+    await router.apply(route.name, RouteTable(members, {"A": 100, "B": 0}, canary=None))
+    assert await hit(route, 20, headers={CANARY: "1"}) == {"a1": 20}
+
+
+async def test_sticky_cookie_keeps_a_client_on_its_server(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """With stickiness, a client holding the cookie stays on one server; others spread."""
+    a1, a2 = backends("a1", "a2")
+    route = service(sticky=True)
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), a2.member("A")), {"A": 100}))
+
+    # The default cookie jar ignores cookies from IP addresses.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        pinned = await hit(route, 30, session=client, workers=1)
+        assert len(pinned) == 1, pinned
+        assert set(await hit(route, 30)) == {"a1", "a2"}
+
+        # A draining server still honours its cookie: sticky clients finish there.
+        (name,) = pinned
+        members = (
+            a1.member("A", "draining" if name == "a1" else "active"),
+            a2.member("A", "draining" if name == "a2" else "active"),
+        )
+        await router.apply(route.name, RouteTable(members, {"A": 100}))
+        assert await hit(route, 10, session=client, workers=1) == {name: 10}
+        assert await hit(route, 10) == {"a1" if name == "a2" else "a2": 10}
+
+
+async def test_counters_follow_releases_across_slot_reuse(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """Requests and 5xx are counted per release, and a reused slot starts a new release at 0."""
+    a1, b1, c1 = backends("a1", "b1", "c1")
+    route = service(slots=2)
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    await hit(route, 20)
+    await hit(route, 10, path="/fail")
+
+    counts = await router.counters(route.name)
+    assert counts["A"].requests == counts["B"].requests == 15
+    assert counts["A"].errors_5xx == counts["B"].errors_5xx == 5
+
+    await router.apply(route.name, RouteTable((a1.member("A"),), {"A": 100}))
+    await router.apply(route.name, RouteTable((a1.member("A"), c1.member("C")), {"A": 50, "C": 50}))
+    await hit(route, 10)
+
+    counts = await router.counters(route.name)
+    assert counts["B"].requests == 15 and counts["B"].errors_5xx == 5
+    assert counts["C"].requests == 5 and counts["C"].errors_5xx == 0
+    assert counts["A"].requests == 20
+
+
+async def test_dead_member_is_routed_around(router: HAProxyRouter, backends: StartBackends) -> None:
+    """A member that does not answer costs no request (retries), and checks take it out."""
+    (a1,) = backends("a1")
+    route = service()
+    await router.ensure([route])
+    dead = Member("dead", "A", "127.0.0.1", free_port())
+    await router.apply(route.name, RouteTable((a1.member("A"), dead), {"A": 100}))
+
+    assert await hit(route, 50) == {"a1": 50}
+    status = ""
+    for _ in range(60):
+        rows = [r for r in await router.runtime.stat() if r["pxname"] == "be_web"]
+        status = {r["svname"]: r["status"] for r in rows}["s1"]
+        if status.startswith("DOWN"):
+            break
+        await asyncio.sleep(0.05)
+    assert status.startswith("DOWN")
+    assert await hit(route, 20) == {"a1": 20}
+    counts = await router.counters(route.name)
+    # Attempts on the dead member count as its release's connection errors.
+    assert counts["A"].requests - counts["A"].connection_errors == 70
+    assert counts["A"].extra["responses"] == 70 and counts["A"].errors_5xx == 0
+
+
+async def test_leaving_maint_is_up_before_any_check(router: HAProxyRouter) -> None:
+    """Leaving maintenance, a checked server is UP at once, dead or not, with no
+    `health up`; its first failed check takes it DOWN."""
+    await router.ensure([service()])
+    port = free_port()
+
+    reply = await router.runtime.query(
+        set_addr("be_web", "s0", "127.0.0.1", port),
+        set_state("be_web", "s0", "ready"),
+        "show servers state be_web",
+    )
+    (s0,) = [s for s in parse_servers_state(reply) if s.name == "s0"]
+    assert (s0.op_state, s0.admin) == (2, "ready")
+
+    for _ in range(60):
+        (s0,) = [s for s in await router.runtime.servers_state("be_web") if s.name == "s0"]
+        if s0.op_state == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert s0.op_state == 0
+    await router.runtime.run([set_health("be_web", "s0", "up")])
+    (s0,) = [s for s in await router.runtime.servers_state("be_web") if s.name == "s0"]
+    assert s0.op_state == 2
+
+
+async def test_bad_config_raises_router_error(router: HAProxyRouter) -> None:
+    """HAProxy's own refusal of the config comes back as a RouterError, nothing started."""
+    bad = ServiceRoute("web", "not.an.address", free_port(), 2, "/healthz")
+
+    with pytest.raises(RouterError, match="invalid address"):
+        await router.ensure([bad])
+    assert router.pid is None
+
+
+async def test_busy_port_raises_router_error(router: HAProxyRouter) -> None:
+    """A listen port already taken fails the start with HAProxy's message."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        route = ServiceRoute("web", "127.0.0.1", taken.getsockname()[1], 2, "/healthz")
+        with pytest.raises(RouterError, match="exited at start"):
+            await router.ensure([route])
+    assert router.pid is None
+
+
+async def test_missing_binary_raises_router_error(state_dir: Path) -> None:
+    """A HAProxy binary that does not exist is a RouterError."""
+    with pytest.raises(RouterError, match="not found"):
+        await HAProxyRouter(state_dir, "no-such-haproxy").ensure([service()])
+
+
+async def test_runtime_refusals_raise_router_error(router: HAProxyRouter) -> None:
+    """A command HAProxy refuses, or a socket nobody listens on, is a RouterError."""
+    await router.ensure([service()])
+
+    with pytest.raises(RouterError, match="No such server"):
+        await router.runtime.run(["set server be_web/s99 weight 1"])
+    with pytest.raises(RouterError, match="unreachable"):
+        await RuntimeAPI(router.state_dir / "nobody.sock").info()
+
+
+async def test_shape_change_reloads_without_refusing_a_connection(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """A new service reloads HAProxy seamlessly: new connections never fail meanwhile."""
+    a1, b1 = backends("a1", "b1")
+    web, api = service("web"), service("api")
+    await router.ensure([web])
+    await router.apply("web", RouteTable((a1.member("A"),), {"A": 100}))
+    old = router.pid
+    assert old is not None
+    failures: list[str] = []
+    done = asyncio.Event()
+
+    async def load() -> int:
+        sent = 0
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            while not done.is_set():
+                try:
+                    async with s.get(url(web)) as resp:
+                        if resp.status != 200:
+                            failures.append(str(resp.status))
+                except aiohttp.ClientError as exc:
+                    failures.append(repr(exc))
+                sent += 1
+        return sent
+
+    tasks = [asyncio.create_task(load()) for _ in range(4)]
+    await asyncio.sleep(0.2)
+    await router.ensure([web, api])
+    await router.apply("api", RouteTable((b1.member("B"),), {"B": 100}))
+    await asyncio.sleep(0.3)
+    done.set()
+    sent = sum(await asyncio.gather(*tasks))
+
+    assert router.pid != old
+    wait_dead(old)
+    assert failures == [] and sent > 50
+    assert await hit(web, 5) == {"a1": 5}
+    assert await hit(api, 5) == {"b1": 5}
+    # The table of the service that was already there survived the reload.
+    assert await router.read_weights("web") == {"A": 100.0}
+
+
+async def test_failed_reload_keeps_the_running_haproxy(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """A reload that cannot start leaves the running HAProxy serving, config unchanged."""
+    (a1,) = backends("a1")
+    web = service("web")
+    await router.ensure([web])
+    await router.apply("web", RouteTable((a1.member("A"),), {"A": 100}))
+    pid = router.pid
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        api = ServiceRoute("api", "127.0.0.1", taken.getsockname()[1], 2, "/healthz")
+        with pytest.raises(RouterError, match="cannot listen"):
+            await router.ensure([web, api])
+
+    assert router.pid == pid
+    assert "be_api" not in router.config_path.read_text()
+    assert await hit(web, 5) == {"a1": 5}
+    await router.ensure([web, api])
+    assert router.pid != pid
+    assert await hit(web, 5) == {"a1": 5}
+
+
+async def test_long_state_dir_path(backends: StartBackends, state_dir: Path) -> None:
+    """A state dir too deep for a unix socket path still works."""
+    deep = state_dir / ("d" * 60) / ("e" * 60)
+    (a1,) = backends("a1")
+    route = service()
+    r = HAProxyRouter(deep)
+    try:
+        await r.ensure([route])
+        await r.apply(route.name, RouteTable((a1.member("A"),), {"A": 100}))
+        assert await r.read_weights(route.name) == {"A": 100.0}
+        assert await hit(route, 5) == {"a1": 5}
+    finally:
+        await r.stop()
+
+
+async def test_zero_failed_requests_while_moving_from_a_to_b(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """Under continuous keep-alive load, moving a service from A to B (bring B up, shift
+    0→50→100, drain A, wait for its sessions to end, remove A, kill A) fails no request."""
+    a1, a2, b1, b2 = backends("a1", "a2", "b1", "b2")
+    route = service()
+    await router.ensure([route])
+    a = (a1.member("A"), a2.member("A"))
+    b = (b1.member("B"), b2.member("B"))
+    await router.apply(route.name, RouteTable(a, {"A": 100}))
+
+    failures: list[str] = []
+    seen: collections.Counter[str] = collections.Counter()
+    after_kill: collections.Counter[str] = collections.Counter()
+    killed = asyncio.Event()
+    done = asyncio.Event()
+
+    async def load(session: aiohttp.ClientSession) -> None:
+        while not done.is_set():
+            try:
+                async with session.get(url(route)) as resp:
+                    body = await resp.text()
+                    if resp.status != 200:
+                        failures.append(f"{resp.status} {body}")
+            except aiohttp.ClientError as exc:
+                failures.append(repr(exc))
+                continue
+            seen[body] += 1
+            if killed.is_set():
+                after_kill[body] += 1
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(load(session)) for _ in range(8)]
+        await asyncio.sleep(0.3)
+        await router.apply(route.name, RouteTable(a + b, {"A": 100, "B": 0}))
+        for share in (50, 100):
+            await asyncio.sleep(0.3)
+            await router.apply(route.name, RouteTable(a + b, {"A": 100 - share, "B": share}))
+        await asyncio.sleep(0.3)
+        draining = tuple(Member(m.instance_id, "A", m.host, m.port, "draining") for m in a)
+        await router.apply(route.name, RouteTable(draining + b, {"A": 0, "B": 100}))
+        for m in a:
+            for _ in range(100):
+                if await router.active_sessions(route.name, m.instance_id) == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await router.active_sessions(route.name, m.instance_id) == 0
+        await router.apply(route.name, RouteTable(b, {"B": 100}))
+        for backend in (a1, a2):
+            backend.proc.kill()
+            backend.proc.wait()
+        killed.set()
+        await asyncio.sleep(0.5)
+        done.set()
+        await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+
+    total = sum(seen.values())
+    assert failures == []
+    assert total / elapsed > 200, f"only {total / elapsed:.0f} req/s"
+    assert seen["a1"] and seen["a2"] and seen["b1"] and seen["b2"]
+    assert set(after_kill) <= {"b1", "b2"} and sum(after_kill.values()) > 0
+    counts = await router.counters(route.name)
+    assert counts["A"].requests + counts["B"].requests == total
+    assert counts["A"].errors_5xx == counts["B"].errors_5xx == 0
