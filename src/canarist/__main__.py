@@ -1,0 +1,5 @@
+"""`python -m canarist` is the `canarist` command."""
+
+from canarist.cli.main import main
+
+main()

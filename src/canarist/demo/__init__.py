@@ -1,0 +1,1 @@
+"""The sample app and the `canarist demo` story."""
