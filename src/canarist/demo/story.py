@@ -132,8 +132,10 @@ def _watch(
             )
             live.update(grid)
             if rollout["ended_at"] is not None:
-                return rollout
+                break
             time.sleep(0.25)
+    console.print()
+    return rollout
 
 
 def _summary(
