@@ -98,6 +98,10 @@ class FakePlatform:
         """True while not killed or stopped."""
         return instance.id in self.running
 
+    async def discard(self, instance_id: str) -> None:
+        """Forget an instance whose start was interrupted."""
+        self.running.pop(instance_id, None)
+
     async def stop(self, instance: Instance, *, grace: float) -> None:
         """Forget the instance."""
         if self.running.pop(instance.id, None) is not None:

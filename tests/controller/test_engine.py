@@ -217,6 +217,21 @@ async def test_a_restarted_controller_resumes_where_the_rollout_stood(world: Wor
     assert world.weights() == {world.v1: 50, world.v2: 50}
 
 
+async def test_a_start_interrupted_by_a_crash_is_discarded(world: World) -> None:
+    """An instance recorded as starting when the controller died is discarded, not adopted."""
+    from canarist.store.records import InstanceRecord
+
+    await deploy_stable(world)
+    world.store.save_instance(
+        InstanceRecord(id="web-orphan", service="web", release=world.v1, state="starting")
+    )
+    world.platform.running["web-orphan"] = next(iter(world.platform.running.values()))
+    world.engine = world.new_engine()
+    await world.settle(2)
+    assert "web-orphan" not in world.platform.running
+    assert "web-orphan" not in {i["id"] for i in world.status()["instances"]}
+
+
 @pytest.mark.parametrize(
     ("call", "error"),
     [

@@ -306,6 +306,22 @@ async def test_forged_start_time_is_never_alive_nor_signalled(
     await platform.stop(instance, grace=5)
 
 
+async def test_discard_kills_a_spawned_but_unrecorded_instance(
+    home: Path, releases: CopyingReleases, good: str
+) -> None:
+    """A controller that died mid-start never recorded the PID: discard still finds it."""
+    first = LocalPlatform(home, releases)
+    instance = await first.start("web", good, "web-1", health_path=HEALTH, timeout=10)
+    restarted = LocalPlatform(home, releases)  # knows only the instance id
+
+    await restarted.discard("web-1")
+
+    assert await wait_until(lambda: is_dead(instance.pid))
+    assert not (home / "instances" / "web-1").exists()
+    await restarted.discard("web-1")  # nothing left: not an error
+    await restarted.discard("never-started")
+
+
 async def test_prepare_is_cached(
     platform: LocalPlatform, releases: CopyingReleases, good: str
 ) -> None:

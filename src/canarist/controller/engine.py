@@ -213,7 +213,7 @@ class Engine:
         """Advance every rollout one notch and converge every service."""
         async with self._lock:
             if not self._adopted:
-                self._adopt()
+                await self._adopt()
                 self._adopted = True
             try:
                 await self.router.ensure(self._routes())
@@ -350,10 +350,15 @@ class Engine:
 
     # -- reconciliation ----------------------------------------------------------------
 
-    def _adopt(self) -> None:
+    async def _adopt(self) -> None:
         """After a (re)start: keep the instances still running, write off the others."""
         for record in self.store.instances():
             if record.state == "starting" or record.pid == 0:
+                # Its process may exist without our knowing its PID: the platform finds it.
+                try:
+                    await self.platform.discard(record.id)
+                except DriverError as exc:
+                    log.warning("discard %s: %s", record.id, exc)
                 self._mark(record, "failed", "controller restarted while it was starting")
                 continue
             if not self.platform.alive(_instance(record)):

@@ -47,6 +47,10 @@ class Platform(Protocol):
     def alive(self, instance: Instance) -> bool:
         """True while the instance's own process (same PID and start time) runs."""
 
+    async def discard(self, instance_id: str) -> None:
+        """Remove whatever a start interrupted by a controller crash left behind: a process
+        that was spawned but never recorded, and its files. Nothing there is not an error."""
+
     async def stop(self, instance: Instance, *, grace: float) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; then remove its unpacked files.
 

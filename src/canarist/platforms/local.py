@@ -45,6 +45,10 @@ _DROP_CAPABILITIES = (
 )
 
 
+# Beside the unpack: the PID and start time of the process spawned for the instance.
+_SPAWN_RECORD = "spawned"
+
+
 class LocalPlatform:
     """Runs instances as processes on this machine, under `home`, from `releases`."""
 
@@ -132,6 +136,25 @@ class LocalPlatform:
             and int(fields[3]) == instance.pid
         )
 
+    async def discard(self, instance_id: str) -> None:
+        """Kill a process a crashed controller spawned but never recorded; remove its files."""
+        instance_dir = self._instance_dir(instance_id)
+        try:
+            pid_text, start_text = (instance_dir / _SPAWN_RECORD).read_text().split()
+            pid, pid_start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            pid = pid_start = 0
+        if pid and _running(pid, pid_start):
+            _signal_group(pid, signal.SIGKILL)
+            for _ in range(int(_KILL_WAIT / 0.02)):
+                if not _running(pid, pid_start):
+                    break
+                await asyncio.sleep(0.02)
+        try:
+            await asyncio.to_thread(_remove_tree, instance_dir)
+        except OSError as exc:
+            raise InstanceFailed(f"cannot remove instance {instance_id}'s files: {exc}") from exc
+
     async def stop(self, instance: Instance, *, grace: float) -> None:
         """SIGTERM the instance's process group, SIGKILL after `grace`, then remove its files."""
         if self.alive(instance):
@@ -205,6 +228,9 @@ class LocalPlatform:
             child.wait()
             raise InstanceFailed(f"cannot read /proc/{child.pid}/stat")
         self._children[child.pid] = (child, pid_start)
+        # Written before the controller learns of the process, so that a controller killed
+        # in between can still find and remove it (see `discard`).
+        (app_dir.parent / _SPAWN_RECORD).write_text(f"{child.pid} {pid_start}\n")
         return child, pid_start
 
     async def _wait_healthy(
