@@ -298,6 +298,18 @@ async def test_blue_green_switches_all_traffic_at_once(tmp_path: Path) -> None:
     assert world.status()["stable"] == world.v2
 
 
+async def test_nothing_starts_again_after_shutdown(world: World) -> None:
+    """A tick queued behind `shutdown` must not bring HAProxy or instances back."""
+    await deploy_stable(world)
+    await world.engine.shutdown()
+    assert world.router.stopped and not world.platform.running
+    world.router.stopped = False
+    world.router.routes = []
+    await world.settle(3)
+    assert not world.platform.running
+    assert world.router.routes == []  # ensure() was not called again
+
+
 def test_audit_log_is_tamper_evident(tmp_path: Path) -> None:
     """Editing an audit entry breaks the hash chain at that entry."""
     store = SQLiteStore(tmp_path / "s.db")

@@ -305,3 +305,30 @@ def test_malformed_spec_is_refused_by_up(tmp_path: Path) -> None:
     assert result.code == 2
     assert "services.web.instances" in result.stderr
     assert not (tmp_path / ".canarist" / "controller.json").exists()
+
+
+def processes_under(root: Path) -> list[str]:
+    """Command lines of live processes that run from this project's directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if str(root) in cmdline and ") Z" not in stat:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def test_down_stops_everything(project: tuple[Canarist, dict[str, str]]) -> None:
+    """`down` stops the controller, HAProxy and every instance: nothing of ours runs on."""
+    cli, _ = project
+    assert processes_under(cli.root)  # HAProxy and instances are running now
+    cli("down")
+    deadline = time.monotonic() + 10
+    while processes_under(cli.root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_under(cli.root) == []

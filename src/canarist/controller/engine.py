@@ -96,6 +96,7 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # instance id -> start or stop task
         self._lock = asyncio.Lock()
         self._adopted = False
+        self._stopping = False
 
     # -- commands ----------------------------------------------------------------------
 
@@ -212,6 +213,8 @@ class Engine:
     async def tick(self) -> None:
         """Advance every rollout one notch and converge every service."""
         async with self._lock:
+            if self._stopping:
+                return  # after shutdown nothing may be started again
             if not self._adopted:
                 await self._adopt()
                 self._adopted = True
@@ -240,6 +243,7 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop every instance and the router (for `canarist down`)."""
         async with self._lock:
+            self._stopping = True
             for task in list(self._tasks.values()):
                 task.cancel()
             for name in self.spec.services:

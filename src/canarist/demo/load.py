@@ -22,6 +22,14 @@ class LoadReport:
     failures: Counter[str] = field(default_factory=Counter)  # kind of failure -> count
     failed_by_version: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)  # of every answered request
+
+    def latency(self, quantile: float) -> float:
+        """A latency quantile in ms (0 when nothing was answered)."""
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
     @property
     def rate(self) -> float:
@@ -77,6 +85,7 @@ class Load:
                 Counter(r.failures),
                 Counter(r.failed_by_version),
                 seconds,
+                list(r.latencies_ms),
             )
 
     def __enter__(self) -> Load:
@@ -103,13 +112,16 @@ class Load:
         await asyncio.sleep(offset)
         next_at = time.monotonic()
         while not self._stop.is_set():
+            sent_at = time.monotonic()
             version, failure = await self._one(session)
+            took_ms = (time.monotonic() - sent_at) * 1000
             with self._lock:
                 r = self.report
                 r.sent += 1
                 if failure is None:
                     r.ok += 1
                     r.by_version[version] += 1
+                    r.latencies_ms.append(took_ms)
                 else:
                     r.failed += 1
                     r.failures[failure] += 1

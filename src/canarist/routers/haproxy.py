@@ -627,6 +627,15 @@ class HAProxyRouter:
             for r, c in totals.items()
         }
 
+    def slot_releases(self) -> dict[str, dict[int, str]]:
+        """Per routed service, the release each occupied slot serves (in both backends), as
+        last applied; a free slot is left out."""
+        result: dict[str, dict[int, str]] = {}
+        for name, routing in self._routing.items():
+            releases = {m.instance_id: m.release for m in routing.table.members}
+            result[name] = {k: releases[i] for i, k in routing.assignment.items()}
+        return result
+
     async def stop(self) -> None:
         """Stop HAProxy (and any process a reload left finishing): SIGTERM, then SIGKILL.
 

@@ -1,0 +1,195 @@
+"""The `Judge` protocol: what a judge is fed, what it answers, and helpers all judges share.
+
+A judge compares the canary with the baseline (the stable release serving traffic at the
+same time) and answers pass, fail, keep going, or not enough data. It is pure: no I/O and
+no clock. Time arrives inside each `Observation`, so an analysis replays identically in
+tests, in the benchmark and after a controller restart (feed it the same observations).
+
+One rollout gets one `Analysis` from `Judge.begin()`; the analysis keeps whatever state
+its test needs (interval boundaries, running likelihood ratios) between observations.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Protocol
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from canarist.domain.durations import parse_duration
+
+Outcome = Literal["pass", "fail", "continue", "no_data"]
+Figure = float | int | str
+Seconds = Annotated[float, BeforeValidator(parse_duration)]  # 60, "60s", "1m"
+
+PASS: Outcome = "pass"  # the canary is no worse than the baseline; it may be promoted
+FAIL: Outcome = "fail"  # the canary is worse than the baseline; roll it back
+CONTINUE: Outcome = "continue"  # enough traffic to judge, not yet enough evidence either way
+NO_DATA: Outcome = "no_data"  # too little traffic to judge; the spec says whether to wait
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one release did since the analysis began.
+
+    `requests` and `failures` are cumulative since the analysis began (failures are 5xx
+    answers, connection errors and timeouts). `latencies_ms` holds the total times of
+    requests that finished since the previous observation only: a sample of them when
+    traffic is high. Latencies are fresh rather than cumulative so that a long analysis
+    does not copy an ever-growing tuple four times a second.
+    """
+
+    requests: int = 0
+    failures: int = 0
+    latencies_ms: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Both releases as seen `elapsed` seconds after the analysis began."""
+
+    elapsed: float
+    canary: Sample
+    baseline: Sample
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's answer, with the evidence behind it (shown in `status` and `history`)."""
+
+    outcome: Outcome
+    reason: str
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+class Analysis(Protocol):
+    """The analysis of one rollout: fed observations in time order, it answers each one.
+
+    Once it has answered pass or fail it keeps giving that verdict.
+    """
+
+    def update(self, observation: Observation) -> Verdict:
+        """Take in one observation and say where the analysis stands."""
+        ...
+
+
+class Judge(Protocol):
+    """A way of comparing canary with baseline; `begin` starts one rollout's analysis."""
+
+    name: str
+
+    def begin(self) -> Analysis:
+        """A fresh analysis, with no observation seen yet."""
+        ...
+
+
+class JudgeSettings(BaseModel):
+    """Base of every judge's settings: unknown keys are mistakes, settings never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Counts:
+    """Turns cumulative request and failure counts into increments.
+
+    A count that goes down means the source restarted its counters (HAProxy reloaded):
+    the new value is then the increment, rather than a negative one.
+    """
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.failures = 0
+        self._last_requests = 0
+        self._last_failures = 0
+
+    def advance(self, sample: Sample) -> tuple[int, int]:
+        """Increments (requests, failures) since the previous sample; adds them to the totals."""
+        requests = _increment(self._last_requests, sample.requests)
+        failures = _increment(self._last_failures, sample.failures)
+        self._last_requests, self._last_failures = sample.requests, sample.failures
+        # A failure is a request, even if a counter reports it first (connection errors).
+        requests = max(requests, failures)
+        self.requests += requests
+        self.failures += failures
+        return requests, failures
+
+    @property
+    def rate(self) -> float:
+        """The failure rate so far (0 before any request)."""
+        return self.failures / self.requests if self.requests else 0.0
+
+
+def _increment(last: int, now: int) -> int:
+    return now - last if now >= last else max(now, 0)
+
+
+class LatencyWindow:
+    """The most recent latency samples of one release, kept sorted for cheap quantiles."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._arrival: deque[float] = deque()
+        self._sorted: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def extend(self, values: Iterable[float]) -> None:
+        """Add samples, forgetting the oldest beyond the window's size."""
+        for value in values:
+            if len(self._arrival) == self._size:
+                oldest = self._arrival.popleft()
+                del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+            self._arrival.append(value)
+            bisect.insort(self._sorted, value)
+
+    def values(self) -> list[float]:
+        """The samples in the window, sorted."""
+        return self._sorted
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile of the window (NaN when empty)."""
+        return quantile(self._sorted, q)
+
+
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile of sorted values, interpolated linearly (NaN when there are none)."""
+    if not ordered:
+        return math.nan
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_figures(canary: Sequence[float], baseline: Sequence[float]) -> dict[str, Figure]:
+    """p50/p90/p99 of each release's sorted latencies, in ms, rounded for display."""
+    figures: dict[str, Figure] = {}
+    for side, ordered in (("canary", canary), ("baseline", baseline)):
+        figures[f"{side}_latency_samples"] = len(ordered)
+        for q in (50, 90, 99):
+            value = quantile(ordered, q / 100)
+            if not math.isnan(value):
+                figures[f"{side}_p{q}_ms"] = round(value, 1)
+    return figures
+
+
+def count_figures(canary: Counts, baseline: Counts) -> dict[str, Figure]:
+    """Requests, failures and failure rates of each release."""
+    return {
+        "canary_requests": canary.requests,
+        "canary_failures": canary.failures,
+        "canary_error_rate": round(canary.rate, 6),
+        "baseline_requests": baseline.requests,
+        "baseline_failures": baseline.failures,
+        "baseline_error_rate": round(baseline.rate, 6),
+    }
+
+
+def percent(rate: float) -> str:
+    """A rate as a short percentage for reasons: 0.0123 -> '1.23%'."""
+    return f"{rate * 100:.2f}%"

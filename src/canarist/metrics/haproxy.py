@@ -1,0 +1,547 @@
+"""Per-release request outcomes from the HAProxy that a `HAProxyRouter` runs.
+
+What is measured, and how:
+
+- **Requests and failures** come from HAProxy's own per-server counters, read with the
+  Runtime API's `show stat` every `interval` (0.2 s by default) by a task the provider
+  owns. A server slot's counters are those of its server in both of the service's
+  backends (`be_<svc>` and `be_<svc>_canary`), and are credited to the release the
+  router placed in that slot (`HAProxyRouter.slot_releases`); a slot that was freed keeps
+  crediting the release it served last, so the requests a drained member finishes still
+  count for it.
+
+  `requests` is `stot`: every attempt routed to the slot, retried ones included.
+  `failures` is `hrsp_5xx + econ + eresp + wretr + wredis`, at most `stot`:
+
+  - `hrsp_5xx`: 5xx answers from the app;
+  - `econ`: connections that failed after the last retry (the client got HAProxy's 503);
+  - `eresp`: timeouts waiting for the app (HAProxy's 504), junk or empty answers (502),
+    answers the app cut short; HAProxy counts none of these in the server's `hrsp_5xx`;
+  - `wretr`, `wredis`: attempts that failed and that HAProxy retried, on the same server or
+    another: the client may never have seen them fail, but a release that refuses
+    connections must not look clean because the stable release took its traffic.
+
+  A retry after a junk or empty answer is counted in both `eresp` and `wretr` by HAProxy
+  2.6 (twice in `wretr`, even): such attempts can count as up to three failures, hence the
+  cap at `stot`. The counts are exact otherwise.
+
+- **Counters across HAProxy processes.** Each read takes `show info` and `show stat` in
+  one connection, so the counters come with the PID of the process that kept them. A new
+  process (a restart after a crash, or a reload) counts from zero: its counts are added
+  to what the previous one had reached at the last read, so totals never go backwards.
+  What a dying process counted after the last read (at most `interval`) is lost.
+
+- **Latency** comes from HAProxy's request logs (`option httplog`), which the router
+  sends, when built with `log_target=log_target(state_dir)`, to a unix datagram socket
+  that this provider binds at `<state_dir>/logs.sock` and reads. Each line gives the
+  backend and server (so the release), the status code, the termination state, `Tr`
+  (time to the app's response headers) and `Ta` (the request's active time, from its
+  first byte to the response's last byte, excluding keep-alive idle time, which `Tt`
+  would include). A latency sample is `Ta` of a request that got an answer from the app
+  (`Tr` >= 0) and did not fail, so the two judges look at disjoint evidence: a quick 500
+  does not make a release look fast, and a timeout counts once, as a failure.
+
+  A logged request failed if its status is 5xx, or if its termination state's first
+  letter blames the server side: `S` (the server refused, reset or aborted: `SC`, `SH`,
+  `SD`), `s` (a server timeout: `sC`, `sH`, `sD`) or `D` (killed as its server went down).
+  Client aborts and client timeouts (`C`, `c`) are the client's doing, not the release's.
+
+- **Sampling.** HAProxy logs every request by default; each release keeps a uniform
+  sample of at most `reservoir_size` latencies of its window (Vitter's Algorithm R), so
+  memory stays bounded at any rate, and `latency_count` says how many it was drawn from.
+  Above a few thousand requests per second, reading every line costs real CPU: then
+  `log_target(state_dir, sample=N)` has HAProxy send one line in N, to every release
+  alike (counters stay exact). The kernel queues few datagrams on a unix socket
+  (`net.unix.max_dgram_qlen`, as low as 10): lines HAProxy could not send while the
+  event loop was busy are lost, counted by HAProxy as DroppedLogs (`stats.dropped_logs`)
+  and only thin the sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from canarist.errors import DriverError, RouterError
+from canarist.metrics.base import ReleaseWindow
+from canarist.routers.haproxy import HAProxyRouter, backend_name, canary_backend_name
+
+log = logging.getLogger(__name__)
+
+LOG_SOCKET = "logs.sock"
+# The kernel's sun_path holds 108 bytes including the terminating NUL.
+_SUN_PATH_MAX = 107
+# HAProxy's longest log line is 1024 bytes unless told otherwise ("len").
+_MAX_DATAGRAM = 65536
+# Datagrams read per wake-up: enough to empty the queue, few enough not to starve the loop.
+_READ_BATCH = 256
+_RECEIVE_BUFFER = 1 << 20
+_SLOT = re.compile(r"^s(\d+)$")
+_NO_SERVER = "<NOSRV>"
+
+# `option httplog`: %ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc
+# %ac/%fc/%bc/%sc/%rc %sq/%bq %hr %hs %{+Q}r, after an optional syslog header. Only the
+# fields up to the retries are read: a line cut at HAProxy's length limit still parses.
+_ACCEPT_DATE = r"\[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2}\.\d{3}\]"
+_REQUEST_LINE = re.compile(
+    r"(?<!\S)\S+:\d+ " + _ACCEPT_DATE + r" \S+ (?P<backend>[^\s/]+)/(?P<server>\S+)"
+    r" -?\d+/-?\d+/-?\d+/(?P<tr>-?\d+)/\+?(?P<ta>-?\d+)"
+    r" (?P<status>-?\d+) \+?-?\d+ \S+ \S+ (?P<term>[A-Za-z-]{4})"
+    r" \d+/\d+/\d+/\d+/(?P<redispatched>\+?)(?P<retries>\d+)(?:\s|$)"
+)
+_LOOKS_LIKE_REQUEST = re.compile(r"(?<!\S)\S+:\d+ " + _ACCEPT_DATE + " ")
+# First letter of the termination state that puts the blame on the server side.
+_SERVER_SIDE = frozenset("SsD")
+
+
+class MalformedLog(ValueError):
+    """A request log line whose fields could not be read."""
+
+
+@dataclass(frozen=True)
+class RequestLog:
+    """What HAProxy logged about one request."""
+
+    backend: str
+    server: str | None  # None when no server was picked (<NOSRV>)
+    status: int  # -1 when no answer was sent
+    termination: str  # the session state at disconnection, e.g. "----", "sH--", "SC--"
+    response_ms: int  # Tr: until the app's response headers; -1 when there were none
+    active_ms: int  # Ta: from the request's first byte to the response's last
+    retries: int
+    redispatched: bool
+
+    @property
+    def failed(self) -> bool:
+        """True for a 5xx, a server-side error or a server timeout."""
+        return self.status >= 500 or self.termination[0] in _SERVER_SIDE
+
+
+def parse_request_log(text: str) -> RequestLog | None:
+    """The request logged in one line (raw or syslog-framed); None for a line that is not
+    a request log (server state changes, proxy start-up). Raises MalformedLog."""
+    match = _REQUEST_LINE.search(text)
+    if match is None:
+        if _LOOKS_LIKE_REQUEST.search(text):
+            raise MalformedLog(f"unreadable request log: {text[:200]!r}")
+        return None
+    server = match["server"]
+    return RequestLog(
+        backend=match["backend"],
+        server=None if server == _NO_SERVER else server,
+        status=int(match["status"]),
+        termination=match["term"],
+        response_ms=int(match["tr"]),
+        active_ms=int(match["ta"]),
+        retries=int(match["retries"]),
+        redispatched=match["redispatched"] == "+",
+    )
+
+
+def log_target(state_dir: Path, *, sample: int = 1) -> str:
+    """The `log_target` of a HAProxyRouter on `state_dir` whose logs this provider reads;
+    with `sample` N, HAProxy sends one request line in N."""
+    if sample < 1:
+        raise ValueError(f"sample must be 1 or more, not {sample}")
+    path = state_dir.resolve() / LOG_SOCKET
+    address = str(path)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX or any(c.isspace() or c in "#\"'\\" for c in address):
+        # HAProxy runs from its state dir: a path its config cannot carry is named from there.
+        address = f"unix@{LOG_SOCKET}"
+    target = f"{address} format raw"
+    if sample > 1:
+        target += f" sample 1:{sample}"
+    return target
+
+
+class Reservoir:
+    """A uniform random sample of at most `size` values of a stream (Vitter's Algorithm R)."""
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size = size
+        self.seen = 0
+        self._values: list[float] = []
+        self._rng = rng
+
+    def add(self, value: float) -> None:
+        """Offer one value; it is kept with probability size/seen."""
+        self.seen += 1
+        if len(self._values) < self.size:
+            self._values.append(value)
+            return
+        j = self._rng.randrange(self.seen)
+        if j < self.size:
+            self._values[j] = value
+
+    def values(self) -> tuple[float, ...]:
+        """The sample, in no particular order."""
+        return tuple(self._values)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Cumulative requests and failures."""
+
+    requests: int = 0
+    failures: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.requests + other.requests, self.failures + other.failures)
+
+    def __sub__(self, other: Tally) -> Tally:
+        return Tally(self.requests - other.requests, self.failures - other.failures)
+
+    def below(self, other: Tally) -> bool:
+        """True if either count is lower than in `other` (counters restarted)."""
+        return self.requests < other.requests or self.failures < other.failures
+
+
+def _num(row: Mapping[str, str], key: str) -> int:
+    value = row.get(key) or "0"
+    return int(value) if value.isdigit() else 0
+
+
+def server_tally(row: Mapping[str, str]) -> Tally:
+    """A server's attempts and failed attempts, from its `show stat` row."""
+    requests = _num(row, "stot")
+    failed = sum(_num(row, k) for k in ("hrsp_5xx", "econ", "eresp", "wretr", "wredis"))
+    return Tally(requests, min(requests, failed))
+
+
+def slot_tallies(
+    rows: Iterable[Mapping[str, str]], backends: Mapping[str, str]
+) -> dict[tuple[str, int], Tally]:
+    """Each (service, slot)'s tally, its servers in the service's backends summed."""
+    tallies: dict[tuple[str, int], Tally] = {}
+    for row in rows:
+        service = backends.get(row.get("pxname", ""))
+        slot = _SLOT.match(row.get("svname", ""))
+        if service is None or slot is None:
+            continue
+        key = (service, int(slot[1]))
+        tallies[key] = tallies.get(key, Tally()) + server_tally(row)
+    return tallies
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    """How well the provider sees the data plane."""
+
+    polls: int  # successful counter reads
+    poll_errors: int  # reads that failed (HAProxy down or deaf)
+    mean_poll_s: float  # mean duration of a successful read
+    lines: int  # log datagrams received
+    malformed: int  # request log lines that could not be read
+    unattributed: int  # requests (counted or logged) no release could be named for
+    dropped_logs: int  # log lines HAProxy could not send (the socket's queue was full)
+
+
+@dataclass
+class _Slot:
+    release: str | None  # the release it serves, or served last
+    last: Tally  # its counters at the last read, in the process read then
+
+
+@dataclass
+class _Service:
+    totals: dict[str, Tally] = field(default_factory=dict)  # since the provider started
+    base: dict[str, Tally] = field(default_factory=dict)  # totals when the window began
+    latency: dict[str, Reservoir] = field(default_factory=dict)  # of the window
+
+
+class HAProxyMetrics:
+    """Per-release outcomes from a HAProxyRouter's HAProxy: counters polled from
+    `show stat`, latencies read from its request logs (see the module docstring)."""
+
+    def __init__(
+        self,
+        router: HAProxyRouter,
+        *,
+        interval: float = 0.2,
+        reservoir_size: int = 1024,
+        seed: int | None = None,
+    ) -> None:
+        self.router = router
+        self.socket_path = router.state_dir / LOG_SOCKET
+        self.interval = interval
+        self.reservoir_size = reservoir_size
+        self._rng = random.Random(seed)
+        self._services: dict[str, _Service] = {}
+        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._routes: dict[str, dict[int, str]] = {}
+        self._backends: dict[str, str] = {}
+        self._pid: int | None = None
+        # False once HAProxy was found not running: the next process counts from zero.
+        self._adopt = True
+        self._read_at = 0.0
+        self._poll_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+        self._polls = 0
+        self._poll_errors = 0
+        self._poll_time = 0.0
+        self._lines = 0
+        self._malformed = 0
+        self._unattributed = 0
+        self._dropped_before = 0  # DroppedLogs of earlier processes
+        self._dropped_now = 0
+
+    @property
+    def stats(self) -> CollectionStats:
+        """Figures on the collection itself, for diagnosis."""
+        return CollectionStats(
+            polls=self._polls,
+            poll_errors=self._poll_errors,
+            mean_poll_s=self._poll_time / self._polls if self._polls else 0.0,
+            lines=self._lines,
+            malformed=self._malformed,
+            unattributed=self._unattributed,
+            dropped_logs=self._dropped_before + self._dropped_now,
+        )
+
+    async def start(self) -> None:
+        """Bind the log socket, read the counters once, and poll them every `interval`.
+
+        Counting starts now: what a HAProxy already running counted before is not ours.
+        A HAProxy not running yet is no error; its counts start with it.
+        """
+        if self._task is not None:
+            return
+        self._sock = _bind_datagram(self.socket_path)
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
+        try:
+            await self.poll()
+        except RouterError:
+            if self._pid is None:
+                self._adopt = False
+        self._task = asyncio.create_task(self._poll_forever(), name="haproxy-metrics")
+
+    async def stop(self) -> None:
+        """Stop polling, close the log socket and remove it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+
+    def reset(self, service: str) -> None:
+        """Start the service's window now (counts as of the last read, at most `interval` ago)."""
+        books = self._services.setdefault(service, _Service())
+        books.base = dict(books.totals)
+        books.latency.clear()
+
+    async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
+        """Each release's outcomes in the window: counts as of the last read, latencies up
+        to the last log line read. Routed releases without traffic appear with zeros."""
+        self._refresh_routes()
+        books = self._services.get(service, _Service())
+        routed = set(self._routes.get(service, {}).values())
+        windows: dict[str, ReleaseWindow] = {}
+        for release in sorted(routed | set(books.totals) | set(books.latency)):
+            count = books.totals.get(release, Tally()) - books.base.get(release, Tally())
+            sample = books.latency.get(release)
+            windows[release] = ReleaseWindow(
+                requests=count.requests,
+                failures=count.failures,
+                latencies_ms=sample.values() if sample else (),
+                latency_count=sample.seen if sample else 0,
+                at=self._read_at,
+            )
+        return windows
+
+    async def poll(self) -> None:
+        """Read the counters now and credit what each slot counted since the last read.
+
+        Raises RouterError when HAProxy does not answer.
+        """
+        async with self._poll_lock:
+            started = time.monotonic()
+            info, rows = await self.router.runtime.info_and_server_stat()
+            read_at = time.monotonic()
+            pid = _int(info.get("Pid"))
+            self._refresh_routes()
+            new_process = pid != self._pid
+            adopting = self._adopt and self._pid is None
+            if new_process:
+                self._dropped_before += self._dropped_now
+            self._dropped_now = _int(info.get("DroppedLogs"))
+            for key, now in slot_tallies(rows, self._backends).items():
+                service, k = key
+                release = self._routes.get(service, {}).get(k)
+                book = self._slots.get(key)
+                if book is None:
+                    # Counts a running process made before we looked are not ours to credit.
+                    last = now if adopting or not new_process else Tally()
+                    book = self._slots[key] = _Slot(release, last)
+                elif new_process or now.below(book.last):
+                    book.last = Tally()
+                if release is not None:
+                    book.release = release
+                delta = now - book.last
+                book.last = now
+                if delta == Tally():
+                    continue
+                if book.release is None:
+                    self._unattributed += delta.requests
+                    continue
+                totals = self._services.setdefault(service, _Service()).totals
+                totals[book.release] = totals.get(book.release, Tally()) + delta
+            self._pid = pid
+            self._read_at = read_at
+            self._polls += 1
+            self._poll_time += read_at - started
+
+    async def _poll_forever(self) -> None:
+        failing = False
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll()
+            except RouterError as exc:
+                self._poll_errors += 1
+                if not failing:
+                    log.warning("cannot read HAProxy's counters: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("reading HAProxy's counters again")
+                failing = False
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def _refresh_routes(self) -> None:
+        self._routes = self.router.slot_releases()
+        backends: dict[str, str] = {}
+        for service in self._routes:
+            backends[backend_name(service)] = service
+            backends[canary_backend_name(service)] = service
+        self._backends = backends
+
+    # -- logs ----------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_READ_BATCH):
+            try:
+                data = sock.recv(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("cannot read HAProxy's logs: %s", exc)
+                return
+            self._take(data.decode("utf-8", "replace"))
+
+    def _take(self, text: str) -> None:
+        self._lines += 1
+        try:
+            entry = parse_request_log(text)
+        except MalformedLog:
+            self._malformed += 1
+            if self._malformed == 1:
+                log.warning("unreadable HAProxy request log: %r", text[:200])
+            return
+        if entry is None or entry.failed or entry.response_ms < 0:
+            return
+        located = self._locate(entry)
+        if located is None:
+            self._unattributed += 1
+            return
+        service, release = located
+        latency = self._services.setdefault(service, _Service()).latency
+        sample = latency.get(release)
+        if sample is None:
+            sample = latency[release] = Reservoir(self.reservoir_size, self._rng)
+        sample.add(float(entry.active_ms))
+
+    def _locate(self, entry: RequestLog) -> tuple[str, str] | None:
+        """The service and release a logged request went to."""
+        slot = _SLOT.match(entry.server or "")
+        if slot is None:
+            return None
+        k = int(slot[1])
+        for attempt in range(2):
+            service = self._backends.get(entry.backend)
+            if service is not None:
+                release = self._routes.get(service, {}).get(k)
+                book = self._slots.get((service, k))
+                if release is None and book is not None:
+                    release = book.release
+                if release is not None:
+                    return service, release
+            if attempt == 0:
+                # A table applied since the last poll: look again.
+                self._refresh_routes()
+        return None
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _bind_datagram(path: Path) -> socket.socket:
+    """A non-blocking unix datagram socket bound at `path`, only for its owner to write to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise DriverError(f"{path} exists and is not a socket")
+        if _is_bound(path):
+            raise DriverError(f"{path} is already read by another process")
+        path.unlink()  # left by a run that did not stop cleanly
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        # The queue of a unix datagram socket is capped in datagrams, not bytes; a larger
+        # buffer still helps when lines are long.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+        _at_path(path, sock.bind)
+        # Whoever can write to the socket can forge outcomes: its owner only.
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        sock.close()
+        raise DriverError(f"cannot bind the log socket {path}: {exc}") from exc
+    return sock
+
+
+def _is_bound(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            _at_path(path, probe.connect)
+        except OSError:
+            return False
+        return True
+
+
+def _at_path(path: Path, call: Callable[[str], None]) -> None:
+    """Call bind or connect with `path`, through its directory's descriptor when too long."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        call(str(path))
+        return
+    dir_fd = os.open(path.parent, os.O_PATH)
+    try:
+        call(f"/proc/self/fd/{dir_fd}/{path.name}")
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,530 @@
+"""The HAProxy metrics provider: its bookkeeping on scripted counters, then against a real
+HAProxy run by the router, with real backends, one of them slow and failing."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from canarist.errors import DriverError, RouterError
+from canarist.metrics.base import ReleaseWindow
+from canarist.metrics.haproxy import (
+    HAProxyMetrics,
+    Reservoir,
+    Tally,
+    log_target,
+    server_tally,
+)
+from canarist.routers.base import Member, RouteTable, ServiceRoute
+from canarist.routers.haproxy import HAProxyRouter
+
+needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
+
+# A keep-alive HTTP server answering with its name. Past its health path, it waits
+# DELAY seconds and answers 500 to every FAIL_EVERY-th request.
+BACKEND = r"""
+import asyncio, sys
+name, delay, fail_every = sys.argv[1].encode(), float(sys.argv[2]), int(sys.argv[3])
+served = 0
+
+async def handle(reader, writer):
+    global served
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = b"200 OK"
+            if not head.split(b" ", 2)[1].startswith(b"/healthz"):
+                served += 1
+                failing = fail_every and served % fail_every == 0
+                if delay:
+                    await asyncio.sleep(delay)
+                if failing:
+                    status = b"500 Internal Server Error"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(name)).encode()
+                + b"\r\n\r\n" + name
+            )
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, IndexError):
+        pass
+    finally:
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+# -- bookkeeping, on scripted counters -------------------------------------------------
+
+
+class ScriptedRuntime:
+    """Answers `info_and_server_stat` with the PID and server counters it is given."""
+
+    def __init__(self) -> None:
+        self.pid = 100
+        self.stot: dict[str, int] = {}  # "be_web/s0" -> stot
+        self.failed: dict[str, int] = {}  # "be_web/s0" -> hrsp_5xx
+        self.down = False
+
+    async def info_and_server_stat(self) -> tuple[dict[str, str], list[dict[str, str]]]:
+        if self.down:
+            raise RouterError("HAProxy's socket is unreachable")
+        rows = [
+            {
+                "pxname": key.split("/")[0],
+                "svname": key.split("/")[1],
+                "stot": str(n),
+                "hrsp_5xx": str(self.failed.get(key, 0)),
+            }
+            for key, n in self.stot.items()
+        ]
+        return {"Pid": str(self.pid), "DroppedLogs": "0"}, rows
+
+
+@pytest.fixture
+def scripted(tmp_path: Path) -> Iterator[tuple[HAProxyMetrics, ScriptedRuntime]]:
+    """A provider over a router that never starts HAProxy, its counters scripted."""
+    router = HAProxyRouter(tmp_path)
+    runtime = ScriptedRuntime()
+    router.runtime = runtime  # type: ignore[assignment]
+    slots = {"web": {0: "A", 1: "B"}}
+    router.slot_releases = lambda: {s: dict(m) for s, m in slots.items()}  # type: ignore[method-assign]
+    yield HAProxyMetrics(router), runtime
+
+
+def counts(windows: dict[str, ReleaseWindow]) -> dict[str, tuple[int, int]]:
+    return {r: (w.requests, w.failures) for r, w in windows.items()}
+
+
+async def test_counting_starts_when_the_provider_does(
+    scripted: tuple[HAProxyMetrics, ScriptedRuntime],
+) -> None:
+    """What a running HAProxy counted before the first read is not credited to anyone."""
+    metrics, runtime = scripted
+    runtime.stot = {"be_web/s0": 50, "be_web_canary/s0": 5, "be_web/s1": 7}
+    await metrics.poll()
+    runtime.stot = {"be_web/s0": 53, "be_web_canary/s0": 6, "be_web/s1": 9}
+    runtime.failed = {"be_web/s1": 1}
+    await metrics.poll()
+    assert counts(await metrics.snapshot("web")) == {"A": (4, 0), "B": (2, 1)}
+
+
+async def test_a_new_haproxy_process_counts_from_zero(
+    scripted: tuple[HAProxyMetrics, ScriptedRuntime],
+) -> None:
+    """After a restart (a new PID), the new counts add up to the old ones, none lost."""
+    metrics, runtime = scripted
+    runtime.stot = {"be_web/s0": 10}
+    await metrics.poll()
+    runtime.stot = {"be_web/s0": 30}
+    await metrics.poll()
+    runtime.pid, runtime.stot = 200, {"be_web/s0": 25}  # more than before the restart
+    await metrics.poll()
+    assert counts(await metrics.snapshot("web"))["A"] == (45, 0)
+
+
+async def test_counters_going_backwards_never_give_negative_counts(
+    scripted: tuple[HAProxyMetrics, ScriptedRuntime],
+) -> None:
+    """Counters that fall under the same PID were reset: count from their new value."""
+    metrics, runtime = scripted
+    runtime.stot = {"be_web/s0": 10}
+    await metrics.poll()
+    runtime.stot = {"be_web/s0": 20}
+    await metrics.poll()
+    runtime.stot = {"be_web/s0": 3}
+    await metrics.poll()
+    assert counts(await metrics.snapshot("web"))["A"] == (13, 0)
+
+
+async def test_a_haproxy_started_after_the_provider_is_counted_from_its_start(
+    scripted: tuple[HAProxyMetrics, ScriptedRuntime],
+) -> None:
+    """With no HAProxy at start, the first process seen is new: all of its counts are ours."""
+    metrics, runtime = scripted
+    runtime.down = True
+    await metrics.start()
+    try:
+        runtime.down = False
+        runtime.stot = {"be_web/s1": 4}
+        await metrics.poll()
+        assert counts(await metrics.snapshot("web")) == {"A": (0, 0), "B": (4, 0)}
+    finally:
+        await metrics.stop()
+
+
+async def test_reset_starts_a_window(scripted: tuple[HAProxyMetrics, ScriptedRuntime]) -> None:
+    """After reset, a snapshot counts only what came later, and the read time moves on."""
+    metrics, runtime = scripted
+    runtime.stot = {"be_web/s0": 1}
+    await metrics.poll()
+    runtime.stot = {"be_web/s0": 11}
+    await metrics.poll()
+    first = (await metrics.snapshot("web"))["A"]
+    metrics.reset("web")
+    runtime.stot = {"be_web/s0": 14}
+    await metrics.poll()
+    second = (await metrics.snapshot("web"))["A"]
+    assert (first.requests, second.requests) == (10, 3)
+    assert second.at > first.at
+    assert await metrics.snapshot("elsewhere") == {}
+
+
+def test_failures_never_exceed_attempts() -> None:
+    """HAProxy counts a junk answer it retried in eresp and twice in wretr: capped."""
+    row = {"stot": "4", "hrsp_5xx": "0", "econ": "0", "eresp": "4", "wretr": "6", "wredis": "0"}
+    assert server_tally(row) == Tally(4, 4)
+    row = {"stot": "6", "hrsp_5xx": "1", "econ": "0", "eresp": "0", "wretr": "0", "wredis": "4"}
+    assert server_tally(row) == Tally(6, 5)
+
+
+def test_reservoir_is_bounded_and_uniform() -> None:
+    """At most `size` values are kept, each value of the stream equally likely."""
+    rng = random.Random(7)
+    kept_early = kept_late = 0
+    for _ in range(400):
+        sample = Reservoir(10, rng)
+        for v in range(100):
+            sample.add(float(v))
+        assert len(sample.values()) == 10 and sample.seen == 100
+        kept_early += sum(v < 50 for v in sample.values())
+        kept_late += sum(v >= 50 for v in sample.values())
+    assert abs(kept_early - kept_late) < 0.1 * (kept_early + kept_late)
+
+
+async def test_the_log_socket_is_owned_and_removed(tmp_path: Path) -> None:
+    """start binds a socket only its owner can write to, a second reader is refused, and
+    stop removes it."""
+    metrics = HAProxyMetrics(HAProxyRouter(tmp_path))
+    await metrics.start()
+    try:
+        assert (metrics.socket_path.stat().st_mode & 0o777) == 0o600
+        with pytest.raises(DriverError):
+            await HAProxyMetrics(HAProxyRouter(tmp_path)).start()
+    finally:
+        await metrics.stop()
+    assert not metrics.socket_path.exists()
+    assert log_target(tmp_path, sample=10).endswith(" format raw sample 1:10")
+
+
+# -- against a real HAProxy ------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    name: str
+    port: int
+    proc: subprocess.Popen[str]
+
+    def member(self, release: str) -> Member:
+        return Member(self.name, release, "127.0.0.1", self.port)
+
+
+StartBackend = Callable[..., Backend]
+
+
+@pytest.fixture
+def backend() -> Iterator[StartBackend]:
+    """Starts backend processes; every one is killed at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(name: str, *, delay: float = 0.0, fail_every: int = 0) -> Backend:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BACKEND, name, str(delay), str(fail_every)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        assert proc.stdout is not None
+        return Backend(name, int(proc.stdout.readline()), proc)
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cnr-mx-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def router(state_dir: Path) -> AsyncIterator[HAProxyRouter]:
+    """A router whose HAProxy logs to the metrics socket; stopped at teardown."""
+    r = HAProxyRouter(state_dir, log_target=log_target(state_dir))
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def metrics(router: HAProxyRouter) -> AsyncIterator[HAProxyMetrics]:
+    """The provider, started before HAProxy is; stopped at teardown."""
+    m = HAProxyMetrics(router, seed=1)
+    await m.start()
+    yield m
+    await m.stop()
+    assert not m.socket_path.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def service(name: str = "web", slots: int = 4) -> ServiceRoute:
+    return ServiceRoute(name, "127.0.0.1", free_port(), slots, "/healthz")
+
+
+Seen = collections.Counter[tuple[str, int]]
+
+
+async def send(route: ServiceRoute, n: int, *, workers: int = 8) -> Seen:
+    """Send n requests; count the answers by (answering backend, status)."""
+    seen: Seen = collections.Counter()
+    queue = iter(range(n))
+    url = f"http://{route.listen_host}:{route.listen_port}/"
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for _ in queue:
+            async with session.get(url) as resp:
+                body = await resp.text()
+                seen[(body if resp.status < 502 else "haproxy", resp.status)] += 1
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(workers)))
+    return seen
+
+
+def answered(seen: Seen, name: str) -> int:
+    return sum(n for (who, _), n in seen.items() if who == name)
+
+
+async def logged(metrics: HAProxyMetrics, service: str, want: dict[str, int]) -> None:
+    """Wait until each release has `want` latencies, or HAProxy says it dropped lines."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        windows = await metrics.snapshot(service)
+        if all(windows[r].latency_count >= n for r, n in want.items()):
+            return
+        if metrics.stats.dropped_logs:
+            pytest.skip(f"HAProxy dropped {metrics.stats.dropped_logs} log lines")
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"latencies {windows} short of {want}")
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_outcomes_and_latencies_per_release(
+    router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend
+) -> None:
+    """Requests and failures match what clients saw, per release; the slow release's
+    latencies show its delay."""
+    fast = backend("a1")
+    slow = backend("b1", delay=0.06, fail_every=4)
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((fast.member("A"), slow.member("B")), {"A": 50, "B": 50}))
+
+    seen = await send(route, 160)
+    await metrics.poll()
+    windows = await metrics.snapshot(route.name)
+
+    assert seen[("b1", 500)] == answered(seen, "b1") // 4 > 0
+    assert (windows["A"].requests, windows["A"].failures) == (answered(seen, "a1"), 0)
+    assert (windows["B"].requests, windows["B"].failures) == (answered(seen, "b1"), seen[("b1", 500)])
+    await logged(metrics, route.name, {"A": seen[("a1", 200)], "B": seen[("b1", 200)]})
+    windows = await metrics.snapshot(route.name)
+    assert windows["A"].latency_count == seen[("a1", 200)]
+    assert windows["B"].latency_count == seen[("b1", 200)]
+    assert statistics.median(windows["B"].latencies_ms) >= 60
+    assert statistics.median(windows["A"].latencies_ms) < 30
+    assert metrics.stats.malformed == 0 and metrics.stats.unattributed == 0
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_snapshots_lag_requests_by_less_than_a_poll(
+    router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend
+) -> None:
+    """A request shows in a snapshot well within 0.3 s of its answer; polling is cheap."""
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((backend("a1").member("A"),), {"A": 100}))
+    lags = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(15):
+            # Land at every phase of the poll cycle.
+            await asyncio.sleep(random.uniform(0, metrics.interval))
+            before = (await metrics.snapshot(route.name))["A"].requests
+            async with session.get(f"http://127.0.0.1:{route.listen_port}/") as resp:
+                await resp.read()
+            done = time.monotonic()
+            while (await metrics.snapshot(route.name))["A"].requests == before:
+                await asyncio.sleep(0.002)
+            lags.append(time.monotonic() - done)
+    cpu = time.process_time()
+    await asyncio.sleep(1.0)
+    idle_cpu = time.process_time() - cpu
+    print(
+        f"\nsnapshot lag: median {statistics.median(lags) * 1000:.0f} ms,"
+        f" max {max(lags) * 1000:.0f} ms; poll: {metrics.stats.mean_poll_s * 1000:.2f} ms"
+        f" each, {idle_cpu * 100:.1f} % of a core at {1 / metrics.interval:.0f} polls/s"
+    )
+    assert max(lags) < 0.3
+    assert metrics.stats.mean_poll_s < 0.02
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_a_dead_backend_counts_as_failures(
+    router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend
+) -> None:
+    """Every attempt at a release whose instance died is its failure, even when HAProxy
+    retried it on the other release; the other release stays clean."""
+    a1, b1 = backend("a1"), backend("b1")
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    await send(route, 10)
+    b1.proc.kill()
+    b1.proc.wait()
+    await metrics.poll()
+    metrics.reset(route.name)
+
+    seen = await send(route, 40, workers=1)
+    await metrics.poll()
+    windows = await metrics.snapshot(route.name)
+
+    assert answered(seen, "b1") == 0
+    assert windows["B"].requests == windows["B"].failures > 0
+    assert windows["B"].failures >= seen[("haproxy", 503)]
+    assert (windows["A"].requests, windows["A"].failures) == (answered(seen, "a1"), 0)
+    await logged(metrics, route.name, {"A": answered(seen, "a1")})
+    assert (await metrics.snapshot(route.name))["B"].latency_count == 0
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_counts_survive_haproxy_restart_and_reload(
+    router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend
+) -> None:
+    """A crashed HAProxy brought back, then a reload: totals add up, never going back."""
+    a1, b1 = backend("a1"), backend("b1", fail_every=4)
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    backwards: list[str] = []
+    watching = True
+
+    async def watch() -> None:
+        last: dict[str, tuple[int, int]] = {}
+        while watching:
+            for release, now in counts(await metrics.snapshot(route.name)).items():
+                old = last.get(release, (0, 0))
+                if now[0] < old[0] or now[1] < old[1]:
+                    backwards.append(f"{release}: {old} -> {now}")
+                last[release] = now
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        seen = await send(route, 40)
+        await asyncio.sleep(2.5 * metrics.interval)  # a poll after the last request
+        pid = router.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        errors = metrics.stats.poll_errors
+        while metrics.stats.poll_errors == errors:
+            await asyncio.sleep(0.02)
+        await router.ensure([route])
+        assert router.pid != pid
+        seen += await send(route, 40)
+        other = service("api")
+        await router.ensure([route, other])  # a new service: a reload, a new process
+        seen += await send(route, 20)
+        await metrics.poll()
+    finally:
+        watching = False
+        await watcher
+    windows = await metrics.snapshot(route.name)
+    assert counts(windows) == {
+        "A": (answered(seen, "a1"), 0),
+        "B": (answered(seen, "b1"), seen[("b1", 500)]),
+    }
+    assert sum(seen.values()) == 100 and not backwards
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_a_reused_slot_credits_each_release_its_own(
+    router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend
+) -> None:
+    """A slot freed by one release and taken by another: the newcomer starts at zero."""
+    a1, b1, c1 = backend("a1"), backend("b1"), backend("c1")
+    route = service(slots=2)
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    first = await send(route, 20)
+    await router.apply(route.name, RouteTable((a1.member("A"),), {"A": 100}))
+    await router.apply(route.name, RouteTable((a1.member("A"), c1.member("C")), {"A": 50, "C": 50}))
+    assert router.slot_releases()[route.name] == {0: "A", 1: "C"}
+    second = await send(route, 20)
+    await metrics.poll()
+    windows = await metrics.snapshot(route.name)
+    assert windows["B"].requests == answered(first, "b1") > 0
+    assert windows["C"].requests == answered(second, "c1") > 0
+    assert windows["A"].requests == answered(first + second, "a1")
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_a_window_keeps_a_bounded_sample(
+    router: HAProxyRouter, backend: StartBackend
+) -> None:
+    """After reset, the sample holds at most `reservoir_size` of the window's latencies."""
+    metrics = HAProxyMetrics(router, reservoir_size=20, seed=3)
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((backend("a1").member("A"),), {"A": 100}))
+    await metrics.start()
+    try:
+        await send(route, 30)
+        await logged(metrics, route.name, {"A": 30})
+        metrics.reset(route.name)
+        await send(route, 50)
+        await metrics.poll()
+        await logged(metrics, route.name, {"A": 50})
+        window = (await metrics.snapshot(route.name))["A"]
+        assert (window.requests, window.latency_count, len(window.latencies_ms)) == (50, 50, 20)
+    finally:
+        await metrics.stop()
