@@ -297,6 +297,22 @@ def test_tampered_release_is_refused(project: tuple[Canarist, dict[str, str]]) -
     assert cli.status()["instances"] == before["instances"]
 
 
+def test_the_api_wants_the_token(project: tuple[Canarist, dict[str, str]]) -> None:
+    """The controller listens on loopback only and refuses requests without its token."""
+    import json
+    import urllib.error
+
+    cli, _ = project
+    home = cli.root / ".canarist"
+    assert (home / "token").stat().st_mode & 0o777 == 0o600
+    port = json.loads((home / "controller.json").read_text())["port"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/status", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=5)
+        assert caught.value.code == 401
+
+
 def test_malformed_spec_is_refused_by_up(tmp_path: Path) -> None:
     """`up` with a malformed spec: exit 2, one line, nothing started."""
     (tmp_path / "canarist.yaml").write_text("services:\n  web:\n    instances: zero\n")

@@ -100,7 +100,7 @@ from canarist.judges.base import (
     percent,
 )
 
-# Odds ratios (as multiples of psi0) that the rollback mixture spreads its weight over.
+# Odds ratios (canary over baseline) that the rollback mixture spreads its weight over.
 # Coarse on purpose: each point costs log(len) of evidence, and neighbours overlap.
 ERROR_GRID = (1.5, 2.5, 5.0, 10.0, 30.0, 200.0)
 # Lehmann exponents a (P(canary slower) = a / (a + 1) against one baseline sample).
@@ -109,6 +109,8 @@ LATENCY_PASS_GRID = (0.8, 0.6, 0.4, 0.2)
 # Part of the pass evidence given to the relative (odds-ratio) test; the rest goes to
 # the absolute one, which only matters for releases that (almost) never fail.
 RELATIVE_PASS_WEIGHT = 0.8
+# Seconds of traffic that the canary's share is estimated from.
+SHARE_WINDOW = 30.0
 
 
 class SequentialSettings(JudgeSettings):
@@ -120,8 +122,6 @@ class SequentialSettings(JudgeSettings):
     """Probability of passing a canary degraded as stated below (1 - power)."""
     latency_share: float = Field(default=0.2, ge=0, lt=1)
     """Part of alpha spent on the latency test; 0 turns the latency test off."""
-    error_tolerance: float = Field(default=0.0, ge=0)
-    """Relative excess of the canary's failure odds over the baseline's that is tolerated."""
     error_degradation: float = Field(default=2.0, gt=1)
     """Odds ratio (canary over baseline) that must not pass: 2 = twice as many failures."""
     min_error_rate: float = Field(default=0.001, ge=0, lt=0.5)
@@ -136,11 +136,11 @@ class SequentialSettings(JudgeSettings):
     """Baseline latency samples each canary sample is compared with, at most."""
     pair_window: Seconds = Field(default=10.0, gt=0)
     """Latency samples left unpaired for this long are dropped (pairs stay contemporaneous)."""
+    block_window: Seconds = Field(default=5.0, gt=0)
+    """How far back a block of requests reaches; the canary's share must hold steady over it."""
 
     @model_validator(mode="after")
     def _ordered(self) -> SequentialSettings:
-        if self.error_degradation <= 1 + self.error_tolerance:
-            raise ValueError("error_degradation must exceed 1 + error_tolerance")
         if self.latency_degradation <= self.latency_tolerance:
             raise ValueError("latency_degradation must exceed latency_tolerance")
         return self
@@ -191,53 +191,115 @@ def _log(value: float) -> float:
 
 
 class _ErrorTest:
-    """The error-rate half of the judge: conditional odds-ratio test plus an absolute floor."""
+    """The error-rate half of the judge: relative tests against the baseline, absolute floor."""
 
     def __init__(self, settings: SequentialSettings) -> None:
-        self.psi0 = 1.0 + settings.error_tolerance
+        self.block_window = settings.block_window
         self.psi1 = settings.error_degradation
-        self._log_psi0 = math.log(self.psi0)
         self._log_psi1 = math.log(self.psi1)
-        self._log_grid = [math.log(self.psi0 * m) for m in ERROR_GRID]
         self.fail = _Mixture(len(ERROR_GRID))
-        self.pass_log = 0.0  # log LR of psi0 against psi1
+        self.pass_log = 0.0  # log likelihood ratio of odds ratio 1 against psi1
+        # Requests not yet in a block (no failure among them), newest last: (time, n_c, n_b).
+        self._pending: deque[tuple[float, int, int]] = deque()
+        # Requests already used, for the canary's traffic share: (time, n_c, n_c + n_b).
+        self._history: deque[tuple[float, int, int]] = deque()
+        self._history_canary = 0
+        self._history_total = 0
+        self.share = 0.5
         # Absolute floor: H0 "canary rate <= floor" against a grid of higher rates.
         self.floor = settings.min_error_rate
         self._floor_rates = _floor_grid(self.floor)
         self.floor_fail = _Mixture(len(self._floor_rates)) if self.floor > 0 else None
-        self.floor_failures = 0  # with no floor, a single canary failure clears it
+        self.canary_failures = 0  # with no floor, one canary failure clears it
         degraded = min(self.psi1 * self.floor, 0.5)
-        self._pass_rates = (degraded / 2, degraded / 8) if self.floor > 0 else ()
         self._degraded_rate = degraded
+        self._pass_rates = (degraded / 2, degraded / 8) if self.floor > 0 else ()
         self.floor_pass = _Mixture(len(self._pass_rates)) if self._pass_rates else None
 
-    def update(self, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
-        """Take in one interval: requests and failures of each release."""
-        self._conditional(n_c, x_c, n_b, x_b)
+    def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
+        """Take in one interval ending at `now`: requests and failures of each release."""
+        self._rollback_block(now, n_c, x_c, n_b, x_b)
+        self._pass_stratum(n_c, x_c, n_b, x_b)
         self._absolute(n_c, x_c)
 
-    def _conditional(self, n_c: int, x: int, n_b: int, x_b: int) -> None:
+    def _rollback_block(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
+        """Close a block at every interval with failures; score it with the 2x2 e-variable.
+
+        A block is the interval plus the failure-free intervals just before it (at most
+        `block_window` seconds back). Its f failed and m succeeded requests are two
+        groups; under "the canary fails no more often", the label (canary or baseline)
+        of each request is independent of its outcome, so with q1 and q0 fixed before
+        the block, E = prod q(label) / q_pool(label) over the block's requests, where
+        q_pool = (f q1 + m q0) / (f + m), has expectation at most 1 (Turner, Ly &
+        Grunwald 2024). Long blocks make q_pool close to the canary's share, so each
+        canary failure counts nearly fully even when a poll sees only a few requests.
+        """
+        pending = self._pending
+        while pending and pending[0][0] <= now - self.block_window:
+            self._remember(*pending.popleft())
+        failures = x_c + x_b
+        if failures == 0:
+            if n_c + n_b:
+                pending.append((now, n_c, n_b))
+            return
+        block_c = n_c + sum(entry[1] for entry in pending)
+        block_b = n_b + sum(entry[2] for entry in pending)
+        w = self.share  # estimated from requests before the block only: predictable
+        succeeded = block_c + block_b - failures
+        canary_succeeded = block_c - x_c
+        if succeeded > 0:
+            increments = []
+            for psi in ERROR_GRID:
+                q1 = w * psi / (w * psi + 1 - w)
+                pooled = (failures * q1 + succeeded * w) / (failures + succeeded)
+                increments.append(
+                    x_c * math.log(q1 / pooled)
+                    + x_b * math.log((1 - q1) / (1 - pooled))
+                    + canary_succeeded * math.log(w / pooled)
+                    + (succeeded - canary_succeeded) * math.log((1 - w) / (1 - pooled))
+                )
+            self.fail.add(increments)
+        while pending:
+            self._remember(*pending.popleft())
+        self._remember(now, n_c, n_b)
+
+    def _remember(self, when: float, n_c: int, n_b: int) -> None:
+        """Add used requests to the share estimate, which looks back SHARE_WINDOW seconds."""
+        history = self._history
+        history.append((when, n_c, n_c + n_b))
+        self._history_canary += n_c
+        self._history_total += n_c + n_b
+        while history and history[0][0] <= when - SHARE_WINDOW:
+            _, old_c, old_total = history.popleft()
+            self._history_canary -= old_c
+            self._history_total -= old_total
+        # Half a request each way keeps the estimate inside (0, 1).
+        self.share = (self._history_canary + 0.5) / (self._history_total + 1)
+
+    def _pass_stratum(self, n_c: int, x: int, n_b: int, x_b: int) -> None:
+        """Fisher's conditional likelihood ratio of odds ratio 1 against psi1, per interval.
+
+        Given the interval's f failures, the canary's share x follows Fisher's noncentral
+        hypergeometric law, exactly, whatever the common rate: this side needs no
+        assumption about the traffic share, only that the interval is short.
+        """
         f = x + x_b
         low, high = max(0, f - n_b), min(f, n_c)
         if f == 0 or low == high:
             return  # no failure, or where it fell was forced: no evidence either way
-        # log of C(n_c, y) C(n_b, f - y), up to a constant, by the ratio of neighbours
+        # log of C(n_c, y) C(n_b, f - y) up to a constant, by the ratio of neighbours
         log_h = [0.0]
         for y in range(low, high):
             ratio = (n_c - y) * (f - y) / ((y + 1) * (n_b - f + y + 1))
             log_h.append(log_h[-1] + math.log(ratio))
-
-        def log_g(log_psi: float) -> float:
-            return _logsumexp([lh + (low + i) * log_psi for i, lh in enumerate(log_h)])
-
-        g0 = log_g(self._log_psi0)
-        self.fail.add([x * (lp - self._log_psi0) + g0 - log_g(lp) for lp in self._log_grid])
-        self.pass_log += x * (self._log_psi0 - self._log_psi1) + log_g(self._log_psi1) - g0
+        g1 = _logsumexp(log_h)
+        g_psi1 = _logsumexp([lh + (low + i) * self._log_psi1 for i, lh in enumerate(log_h)])
+        self.pass_log += g_psi1 - g1 - x * self._log_psi1
 
     def _absolute(self, n: int, x: int) -> None:
         if n == 0:
             return
-        self.floor_failures += x
+        self.canary_failures += x
         floor = self.floor
         if self.floor_fail is not None:
             self.floor_fail.add(
@@ -259,14 +321,14 @@ class _ErrorTest:
         """The intersection-union e-value: both the relative and the absolute test must agree."""
         relative = self.fail.value()
         if self.floor_fail is None:
-            return relative if self.floor_failures > 0 else 1.0
+            return relative if self.canary_failures > 0 else 1.0
         return min(relative, self.floor_fail.value())
 
     def fail_p_value(self) -> float:
         """Always-valid p-value of "the canary is no worse" (the larger of the two tests')."""
         relative = 1.0 / self.fail.peak
         if self.floor_fail is None:
-            return relative if self.floor_failures > 0 else 1.0
+            return relative if self.canary_failures > 0 else 1.0
         return min(1.0, max(relative, 1.0 / self.floor_fail.peak))
 
     def pass_evidence(self) -> float:
@@ -391,7 +453,7 @@ class SequentialAnalysis:
             return self._final
         n_c, x_c = self._canary.advance(observation.canary)
         n_b, x_b = self._baseline.advance(observation.baseline)
-        self._errors.update(n_c, x_c, n_b, x_b)
+        self._errors.update(observation.elapsed, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
         baseline_latencies = observation.baseline.latencies_ms
         self._canary_window.extend(canary_latencies)

@@ -155,22 +155,24 @@ class RuntimeAPI:
 
     async def info(self) -> dict[str, str]:
         """`show info` as a dict (Pid, Uptime_sec, CurrConns, ...)."""
-        return _parse_info(await self.query("show info"))
+        reply = await self.query("show info")
+        info: dict[str, str] = {}
+        for line in reply.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                info[key.strip()] = value.strip()
+        if "Pid" not in info:
+            raise RouterError(f"unexpected answer to 'show info': {reply[:200]!r}")
+        return info
 
     async def stat(self) -> list[dict[str, str]]:
         """`show stat` for every proxy and server, one dict per CSV row."""
-        return _parse_stat(await self.query("show stat"))
-
-    async def info_and_server_stat(self) -> tuple[dict[str, str], list[dict[str, str]]]:
-        """`show info`, and `show stat` of every server, in one connection.
-
-        Counters start from zero in every HAProxy process: read together, the Pid tells
-        without a race which process a set of counters came from.
-        """
-        # "-1 4 -1": every proxy, servers only (type mask 4), every server id.
-        reply = await self.query("show info", "show stat -1 4 -1")
+        reply = await self.query("show stat")
         start = reply.find("# pxname")
-        return _parse_info(reply[: max(start, 0)]), _parse_stat(reply)
+        if start < 0:
+            raise RouterError(f"unexpected answer to 'show stat': {reply[:200]!r}")
+        rows = csv.DictReader(io.StringIO(reply[start + 2 :]))
+        return [{k: v for k, v in row.items() if k} for row in rows if row.get("pxname")]
 
     async def servers_state(self, backend: str | None = None) -> list[ServerState]:
         """`show servers state` for one backend, or all of them."""
@@ -189,25 +191,6 @@ class RuntimeAPI:
             return await asyncio.open_unix_connection(short)
         finally:
             os.close(dir_fd)
-
-
-def _parse_info(reply: str) -> dict[str, str]:
-    info: dict[str, str] = {}
-    for line in reply.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            info[key.strip()] = value.strip()
-    if "Pid" not in info:
-        raise RouterError(f"unexpected answer to 'show info': {reply[:200]!r}")
-    return info
-
-
-def _parse_stat(reply: str) -> list[dict[str, str]]:
-    start = reply.find("# pxname")
-    if start < 0:
-        raise RouterError(f"unexpected answer to 'show stat': {reply[:200]!r}")
-    rows = csv.DictReader(io.StringIO(reply[start + 2 :]))
-    return [{k: v for k, v in row.items() if k} for row in rows if row.get("pxname")]
 
 
 def parse_servers_state(reply: str) -> list[ServerState]:

@@ -1,0 +1,63 @@
+"""The SQLite store: migrations, WAL, and round trips of what the controller keeps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from canarist.domain.plan import Pause, Promote, Scale, SetWeight
+from canarist.domain.rollout import Rollout
+from canarist.store.records import InstanceRecord, ServiceState
+from canarist.store.sqlite import MIGRATIONS, SQLiteStore
+
+
+def test_migrations_run_once_and_the_database_is_in_wal_mode(tmp_path: Path) -> None:
+    """A new database is at the latest schema; reopening it migrates nothing again."""
+    store = SQLiteStore(tmp_path / "state.db")
+    assert store.schema_version() == len(MIGRATIONS)
+    store.save_service(ServiceState(name="web", stable="sha256:a"))
+    store.close()
+    again = SQLiteStore(tmp_path / "state.db")
+    assert again.schema_version() == len(MIGRATIONS)
+    assert again.service("web").stable == "sha256:a"
+    mode = sqlite3.connect(tmp_path / "state.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_rollouts_round_trip_and_only_one_is_active(tmp_path: Path) -> None:
+    """A rollout reads back as written; an ended one is no longer active."""
+    store = SQLiteStore(tmp_path / "state.db")
+    plan = (Scale("canary", 2), SetWeight(10), Pause(None), Promote(30.0))
+    made = store.create_rollout(
+        Rollout(0, "web", "sha256:b", "sha256:a", "canary", plan, 0, 1.0, "progressing", 1.0)
+    )
+    assert store.active_rollout("web") == made
+    assert store.rollout(made.id) == made
+    from dataclasses import replace
+
+    store.save_rollout(replace(made, phase="promoted", ended_at=5.0, reason="ok"))
+    assert store.active_rollout("web") is None
+    assert store.rollouts("web")[0].phase == "promoted"
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    """Writes inside a transaction that raises are all rolled back."""
+    store = SQLiteStore(tmp_path / "state.db")
+    try:
+        with store.transaction():
+            store.save_service(ServiceState(name="web", stable="sha256:a"))
+            store.save_instance(InstanceRecord("i1", "web", "sha256:a", "starting"))
+            raise RuntimeError("crash between two writes")
+    except RuntimeError:
+        pass
+    assert store.service("web").stable is None
+    assert store.instances("web") == []
+
+
+def test_instances_by_state(tmp_path: Path) -> None:
+    """Live states are listed by default; ended ones on request."""
+    store = SQLiteStore(tmp_path / "state.db")
+    store.save_instance(InstanceRecord("i1", "web", "sha256:a", "running", port=1, started_at=1))
+    store.save_instance(InstanceRecord("i2", "web", "sha256:a", "failed", started_at=2))
+    assert [r.id for r in store.instances("web")] == ["i1"]
+    assert [r.id for r in store.instances("web", states=("failed",))] == ["i2"]
