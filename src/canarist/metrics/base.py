@@ -8,32 +8,34 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class ReleaseWindow:
-    """One release's request outcomes since its service's window began.
+    """One release's request outcomes, as one snapshot saw them.
 
-    Counts are cumulative and never decrease between two snapshots of one window, so a
-    judge may difference snapshots to get per-interval figures.
+    Counts are cumulative since the service's window began and never decrease from one
+    snapshot to the next. Latencies are fresh: those logged since the service's previous
+    snapshot, so that a long window does not hand out an ever-growing sample.
     """
 
     requests: int  # attempts routed to the release's instances
     # Attempts that failed: a 5xx answer (the app's, or HAProxy's 502/503/504 for it), a
     # connection error, a timeout, a response cut short.
     failures: int
-    # A uniform sample of the window's latencies of successful requests, in milliseconds,
-    # in no particular order; bounded, however much traffic there was.
+    # A uniform sample, bounded however high the traffic, of the latencies (milliseconds)
+    # of successful requests logged since the previous snapshot; in no particular order.
     latencies_ms: tuple[float, ...]
-    latency_count: int  # how many latencies the sample was drawn from
-    at: float  # time.monotonic() when the counts were read from the data plane
+    latency_count: int  # how many latencies that sample was drawn from
+    at: float  # time.monotonic() when the counts were read from the data plane (0: never)
 
 
 class Metrics(Protocol):
     """Per-release request outcomes of a service, read from the data plane.
 
-    Windows: every count starts at `start`, and again at each `reset` of the service, so an
-    analysis counts from the moment its canary starts. A release that had no traffic in
-    the window may be absent from a snapshot, or present with zeros; a service the
-    provider knows nothing of gives an empty snapshot, not an error. A snapshot is late
-    by at most the provider's polling interval, stated by each provider; `at` says how old
-    its counts are, and stops moving while the data plane does not answer.
+    A window starts when the provider does, and again at each `reset` of the service, so
+    an analysis counts from the moment its canary starts. Each snapshot hands out the
+    latencies logged since the previous one, once: a service's snapshots are meant for
+    one reader, its analysis. A release with no traffic may be absent from a snapshot or
+    present with zeros; a service the provider knows nothing of gives an empty snapshot,
+    not an error. Counts are late by at most the provider's stated polling interval;
+    `at` says how old they are, and stops moving while the data plane does not answer.
     """
 
     async def start(self) -> None:
@@ -43,7 +45,7 @@ class Metrics(Protocol):
         """Stop collecting and release what `start` took (idempotent)."""
 
     async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
-        """Each release's outcomes in the service's current window, by release."""
+        """Each release's outcomes: counts in the window, latencies since the last call."""
 
-    def reset(self, service: str) -> None:
-        """Start a new window for every release of the service: counts and samples from now."""
+    async def reset(self, service: str) -> None:
+        """Start a new window for every release of the service, from this moment."""

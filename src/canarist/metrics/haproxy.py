@@ -2,16 +2,16 @@
 
 What is measured, and how:
 
-- **Requests and failures** come from HAProxy's own per-server counters, read with the
-  Runtime API's `show stat` every `interval` (0.2 s by default) by a task the provider
-  owns. A server slot's counters are those of its server in both of the service's
-  backends (`be_<svc>` and `be_<svc>_canary`), and are credited to the release the
-  router placed in that slot (`HAProxyRouter.slot_releases`); a slot that was freed keeps
-  crediting the release it served last, so the requests a drained member finishes still
-  count for it.
+- **Requests and failures** are HAProxy's own per-server counters from the Runtime API's
+  `show stat`, as the router attributes them to releases (`HAProxyRouter.counters`): a
+  server slot's counters in both of a service's backends are credited to the release the
+  slot serves, the books of a slot closed the moment it changes hands, and what a HAProxy
+  process counted banked when it is restarted or reloaded. A task the provider owns reads
+  them every `interval` (0.2 s by default) through `HAProxyRouter.routed_counters`, which
+  waits for a routing change in progress to finish rather than read halfway through it.
 
-  `requests` is `stot`: every attempt routed to the slot, retried ones included.
-  `failures` is `hrsp_5xx + econ + eresp + wretr + wredis`, at most `stot`:
+  `requests` is `stot`: every attempt routed to the release, retried ones included.
+  `failures` is `hrsp_5xx + econ + eresp + wretr + wredis`, at most `requests`:
 
   - `hrsp_5xx`: 5xx answers from the app;
   - `econ`: connections that failed after the last retry (the client got HAProxy's 503);
@@ -21,39 +21,35 @@ What is measured, and how:
     another: the client may never have seen them fail, but a release that refuses
     connections must not look clean because the stable release took its traffic.
 
-  A retry after a junk or empty answer is counted in both `eresp` and `wretr` by HAProxy
-  2.6 (twice in `wretr`, even): such attempts can count as up to three failures, hence the
-  cap at `stot`. The counts are exact otherwise.
-
-- **Counters across HAProxy processes.** Each read takes `show info` and `show stat` in
-  one connection, so the counters come with the PID of the process that kept them. A new
-  process (a restart after a crash, or a reload) counts from zero: its counts are added
-  to what the previous one had reached at the last read, so totals never go backwards.
-  What a dying process counted after the last read (at most `interval`) is lost.
+  HAProxy 2.6 counts an attempt retried after a junk or empty answer in `eresp` and twice
+  in `wretr`: such attempts count up to three times, which the cap at `requests` bounds.
+  Otherwise the counts are exact, bar what a crashing HAProxy counted after the last
+  read. Should the router's figures ever fall (it adopted a HAProxy whose past it never
+  saw), the provider keeps its totals and counts on from the new figures: never back.
 
 - **Latency** comes from HAProxy's request logs (`option httplog`), which the router
   sends, when built with `log_target=log_target(state_dir)`, to a unix datagram socket
   that this provider binds at `<state_dir>/logs.sock` and reads. Each line gives the
   backend and server (so the release), the status code, the termination state, `Tr`
   (time to the app's response headers) and `Ta` (the request's active time, from its
-  first byte to the response's last byte, excluding keep-alive idle time, which `Tt`
-  would include). A latency sample is `Ta` of a request that got an answer from the app
-  (`Tr` >= 0) and did not fail, so the two judges look at disjoint evidence: a quick 500
-  does not make a release look fast, and a timeout counts once, as a failure.
+  first byte to the response's last byte, without the keep-alive idle time that `Tt`
+  includes). A latency sample is `Ta` of a request that got an answer from the app
+  (`Tr` >= 0) and did not fail, so that errors and latency are separate evidence: a quick
+  500 does not make a release look fast, and a timeout counts once, as a failure.
 
   A logged request failed if its status is 5xx, or if its termination state's first
   letter blames the server side: `S` (the server refused, reset or aborted: `SC`, `SH`,
   `SD`), `s` (a server timeout: `sC`, `sH`, `sD`) or `D` (killed as its server went down).
   Client aborts and client timeouts (`C`, `c`) are the client's doing, not the release's.
 
-- **Sampling.** HAProxy logs every request by default; each release keeps a uniform
-  sample of at most `reservoir_size` latencies of its window (Vitter's Algorithm R), so
-  memory stays bounded at any rate, and `latency_count` says how many it was drawn from.
+- **Sampling.** HAProxy logs every request by default. Between two snapshots each release
+  keeps a uniform sample of at most `reservoir_size` latencies (Vitter's Algorithm R), so
+  memory stays bounded at any rate; `latency_count` says how many it was drawn from.
   Above a few thousand requests per second, reading every line costs real CPU: then
-  `log_target(state_dir, sample=N)` has HAProxy send one line in N, to every release
-  alike (counters stay exact). The kernel queues few datagrams on a unix socket
+  `log_target(state_dir, sample=N)` has HAProxy send one line in N, for every release
+  alike (counts stay exact). The kernel queues few datagrams on a unix socket
   (`net.unix.max_dgram_qlen`, as low as 10): lines HAProxy could not send while the
-  event loop was busy are lost, counted by HAProxy as DroppedLogs (`stats.dropped_logs`)
+  event loop was busy are lost, counted by HAProxy as DroppedLogs (`stats.dropped_logs`),
   and only thin the sample.
 """
 
@@ -68,7 +64,7 @@ import re
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,33 +202,6 @@ class Tally:
         return self.requests < other.requests or self.failures < other.failures
 
 
-def _num(row: Mapping[str, str], key: str) -> int:
-    value = row.get(key) or "0"
-    return int(value) if value.isdigit() else 0
-
-
-def server_tally(row: Mapping[str, str]) -> Tally:
-    """A server's attempts and failed attempts, from its `show stat` row."""
-    requests = _num(row, "stot")
-    failed = sum(_num(row, k) for k in ("hrsp_5xx", "econ", "eresp", "wretr", "wredis"))
-    return Tally(requests, min(requests, failed))
-
-
-def slot_tallies(
-    rows: Iterable[Mapping[str, str]], backends: Mapping[str, str]
-) -> dict[tuple[str, int], Tally]:
-    """Each (service, slot)'s tally, its servers in the service's backends summed."""
-    tallies: dict[tuple[str, int], Tally] = {}
-    for row in rows:
-        service = backends.get(row.get("pxname", ""))
-        slot = _SLOT.match(row.get("svname", ""))
-        if service is None or slot is None:
-            continue
-        key = (service, int(slot[1]))
-        tallies[key] = tallies.get(key, Tally()) + server_tally(row)
-    return tallies
-
-
 @dataclass(frozen=True)
 class CollectionStats:
     """How well the provider sees the data plane."""
@@ -242,26 +211,26 @@ class CollectionStats:
     mean_poll_s: float  # mean duration of a successful read
     lines: int  # log datagrams received
     malformed: int  # request log lines that could not be read
-    unattributed: int  # requests (counted or logged) no release could be named for
+    unattributed: int  # logged requests no release could be named for
     dropped_logs: int  # log lines HAProxy could not send (the socket's queue was full)
 
 
-@dataclass
-class _Slot:
-    release: str | None  # the release it serves, or served last
-    last: Tally  # its counters at the last read, in the process read then
+def failure_tally(requests: int, errors_5xx: int, connection_errors: int) -> Tally:
+    """Attempts and failed attempts; failures capped at attempts (see the module docstring)."""
+    return Tally(requests, min(requests, errors_5xx + connection_errors))
 
 
 @dataclass
 class _Service:
+    seen: dict[str, Tally] = field(default_factory=dict)  # the router's figures, last read
     totals: dict[str, Tally] = field(default_factory=dict)  # since the provider started
     base: dict[str, Tally] = field(default_factory=dict)  # totals when the window began
-    latency: dict[str, Reservoir] = field(default_factory=dict)  # of the window
+    latency: dict[str, Reservoir] = field(default_factory=dict)  # since the last snapshot
 
 
 class HAProxyMetrics:
-    """Per-release outcomes from a HAProxyRouter's HAProxy: counters polled from
-    `show stat`, latencies read from its request logs (see the module docstring)."""
+    """Per-release outcomes from a HAProxyRouter's HAProxy: counters read from `show stat`
+    every `interval`, latencies from its request logs (see the module docstring)."""
 
     def __init__(
         self,
@@ -277,12 +246,8 @@ class HAProxyMetrics:
         self.reservoir_size = reservoir_size
         self._rng = random.Random(seed)
         self._services: dict[str, _Service] = {}
-        self._slots: dict[tuple[str, int], _Slot] = {}
-        self._routes: dict[str, dict[int, str]] = {}
-        self._backends: dict[str, str] = {}
-        self._pid: int | None = None
-        # False once HAProxy was found not running: the next process counts from zero.
-        self._adopt = True
+        self._backends: dict[str, str] = {}  # backend name -> service
+        self._releases: dict[tuple[str, int], str] = {}  # (service, slot) -> release, or last
         self._read_at = 0.0
         self._poll_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -293,7 +258,8 @@ class HAProxyMetrics:
         self._lines = 0
         self._malformed = 0
         self._unattributed = 0
-        self._dropped_before = 0  # DroppedLogs of earlier processes
+        self._pid: str | None = None
+        self._dropped_before = 0  # DroppedLogs of earlier HAProxy processes
         self._dropped_now = 0
 
     @property
@@ -310,20 +276,12 @@ class HAProxyMetrics:
         )
 
     async def start(self) -> None:
-        """Bind the log socket, read the counters once, and poll them every `interval`.
-
-        Counting starts now: what a HAProxy already running counted before is not ours.
-        A HAProxy not running yet is no error; its counts start with it.
-        """
+        """Bind the log socket and read the counters every `interval` from now on; a
+        HAProxy not running yet is no error (its counts start with it)."""
         if self._task is not None:
             return
         self._sock = _bind_datagram(self.socket_path)
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
-        try:
-            await self.poll()
-        except RouterError:
-            if self._pid is None:
-                self._adopt = False
         self._task = asyncio.create_task(self._poll_forever(), name="haproxy-metrics")
 
     async def stop(self) -> None:
@@ -340,22 +298,26 @@ class HAProxyMetrics:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
 
-    def reset(self, service: str) -> None:
-        """Start the service's window now (counts as of the last read, at most `interval` ago)."""
+    async def reset(self, service: str) -> None:
+        """Start the service's window now: the counters are read first (if HAProxy does
+        not answer, the window starts at the last read), latencies logged so far dropped."""
+        with contextlib.suppress(RouterError):
+            await self.poll()
         books = self._services.setdefault(service, _Service())
         books.base = dict(books.totals)
         books.latency.clear()
 
     async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
-        """Each release's outcomes in the window: counts as of the last read, latencies up
-        to the last log line read. Routed releases without traffic appear with zeros."""
-        self._refresh_routes()
+        """Each release's counts in the window, as of the last read, and the latencies
+        logged since the previous snapshot. Routed releases appear, with zeros if idle."""
+        routed = set(self._refresh_routes().get(service, {}).values())
         books = self._services.get(service, _Service())
-        routed = set(self._routes.get(service, {}).values())
         windows: dict[str, ReleaseWindow] = {}
-        for release in sorted(routed | set(books.totals) | set(books.latency)):
+        for release in sorted(set(books.totals) | set(books.latency) | routed):
             count = books.totals.get(release, Tally()) - books.base.get(release, Tally())
-            sample = books.latency.get(release)
+            sample = books.latency.pop(release, None)
+            if count == Tally() and sample is None and release not in routed:
+                continue  # a release of an earlier window, gone since
             windows[release] = ReleaseWindow(
                 requests=count.requests,
                 failures=count.failures,
@@ -366,43 +328,28 @@ class HAProxyMetrics:
         return windows
 
     async def poll(self) -> None:
-        """Read the counters now and credit what each slot counted since the last read.
+        """Read the counters now (the provider's task does so every `interval`).
 
         Raises RouterError when HAProxy does not answer.
         """
         async with self._poll_lock:
             started = time.monotonic()
-            info, rows = await self.router.runtime.info_and_server_stat()
+            info = await self.router.runtime.info()
+            read = await self.router.routed_counters()
             read_at = time.monotonic()
-            pid = _int(info.get("Pid"))
-            self._refresh_routes()
-            new_process = pid != self._pid
-            adopting = self._adopt and self._pid is None
-            if new_process:
+            for service, releases in read.items():
+                books = self._services.setdefault(service, _Service())
+                for release, c in releases.items():
+                    now = failure_tally(c.requests, c.errors_5xx, c.connection_errors)
+                    last = books.seen.get(release, Tally())
+                    # Figures that fell are counted on from, never subtracted.
+                    if not now.below(last):
+                        books.totals[release] = books.totals.get(release, Tally()) + (now - last)
+                    books.seen[release] = now
+            if info.get("Pid") != self._pid:
+                self._pid = info.get("Pid")
                 self._dropped_before += self._dropped_now
             self._dropped_now = _int(info.get("DroppedLogs"))
-            for key, now in slot_tallies(rows, self._backends).items():
-                service, k = key
-                release = self._routes.get(service, {}).get(k)
-                book = self._slots.get(key)
-                if book is None:
-                    # Counts a running process made before we looked are not ours to credit.
-                    last = now if adopting or not new_process else Tally()
-                    book = self._slots[key] = _Slot(release, last)
-                elif new_process or now.below(book.last):
-                    book.last = Tally()
-                if release is not None:
-                    book.release = release
-                delta = now - book.last
-                book.last = now
-                if delta == Tally():
-                    continue
-                if book.release is None:
-                    self._unattributed += delta.requests
-                    continue
-                totals = self._services.setdefault(service, _Service()).totals
-                totals[book.release] = totals.get(book.release, Tally()) + delta
-            self._pid = pid
             self._read_at = read_at
             self._polls += 1
             self._poll_time += read_at - started
@@ -416,7 +363,9 @@ class HAProxyMetrics:
             except RouterError as exc:
                 self._poll_errors += 1
                 if not failing:
-                    log.warning("cannot read HAProxy's counters: %s", exc)
+                    # Before the first read, HAProxy is most likely still to be started.
+                    level = logging.WARNING if self._polls else logging.INFO
+                    log.log(level, "cannot read HAProxy's counters: %s", exc)
                 failing = True
             else:
                 if failing:
@@ -424,13 +373,16 @@ class HAProxyMetrics:
                 failing = False
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
-    def _refresh_routes(self) -> None:
-        self._routes = self.router.slot_releases()
-        backends: dict[str, str] = {}
-        for service in self._routes:
-            backends[backend_name(service)] = service
-            backends[canary_backend_name(service)] = service
-        self._backends = backends
+    def _refresh_routes(self) -> dict[str, dict[int, str]]:
+        """Learn which release each slot serves now, and return that; a freed slot keeps
+        naming its last one, so the requests a drained member finishes stay its release's."""
+        routes = self.router.slot_releases()
+        for service, slots in routes.items():
+            self._backends[backend_name(service)] = service
+            self._backends[canary_backend_name(service)] = service
+            for k, release in slots.items():
+                self._releases[(service, k)] = release
+        return routes
 
     # -- logs ----------------------------------------------------------------------------
 
@@ -438,6 +390,8 @@ class HAProxyMetrics:
         sock = self._sock
         if sock is None:
             return
+        # Once per wake-up: a line is credited to the slot's release of a few ms ago at worst.
+        self._refresh_routes()
         for _ in range(_READ_BATCH):
             try:
                 data = sock.recv(_MAX_DATAGRAM)
@@ -459,36 +413,17 @@ class HAProxyMetrics:
             return
         if entry is None or entry.failed or entry.response_ms < 0:
             return
-        located = self._locate(entry)
-        if located is None:
+        slot = _SLOT.match(entry.server or "")
+        service = self._backends.get(entry.backend)
+        release = self._releases.get((service, int(slot[1]))) if service and slot else None
+        if service is None or release is None:
             self._unattributed += 1
             return
-        service, release = located
         latency = self._services.setdefault(service, _Service()).latency
         sample = latency.get(release)
         if sample is None:
             sample = latency[release] = Reservoir(self.reservoir_size, self._rng)
         sample.add(float(entry.active_ms))
-
-    def _locate(self, entry: RequestLog) -> tuple[str, str] | None:
-        """The service and release a logged request went to."""
-        slot = _SLOT.match(entry.server or "")
-        if slot is None:
-            return None
-        k = int(slot[1])
-        for attempt in range(2):
-            service = self._backends.get(entry.backend)
-            if service is not None:
-                release = self._routes.get(service, {}).get(k)
-                book = self._slots.get((service, k))
-                if release is None and book is not None:
-                    release = book.release
-                if release is not None:
-                    return service, release
-            if attempt == 0:
-                # A table applied since the last poll: look again.
-                self._refresh_routes()
-        return None
 
 
 def _int(value: str | None) -> int:

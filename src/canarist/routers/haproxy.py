@@ -627,6 +627,13 @@ class HAProxyRouter:
             for r, c in totals.items()
         }
 
+    async def routed_counters(self) -> dict[str, dict[str, ReleaseCounters]]:
+        """`counters` of every routed service, read between routing changes, never during
+        one: a read in the middle of a slot changing hands, or of a reload, could credit
+        one release with another's requests."""
+        async with self._lock:
+            return {name: await self.counters(name) for name in list(self._routing)}
+
     def slot_releases(self) -> dict[str, dict[int, str]]:
         """Per routed service, the release each occupied slot serves (in both backends), as
         last applied; a free slot is left out."""
