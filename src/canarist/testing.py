@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from canarist.errors import InstanceFailed, UnknownRelease
+from canarist.metrics.base import ReleaseWindow
 from canarist.platforms.base import Instance
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
 
@@ -156,3 +157,47 @@ def _effective(table: RouteTable) -> dict[str, int]:
     shares = {r: w for r, w in table.weights.items() if r in active and w > 0}
     total = sum(shares.values())
     return {r: round(100 * w / total) for r, w in shares.items()} if total else {}
+
+
+class FakeMetrics:
+    """Counts a test sets by hand, per release; `reset` starts them again from zero."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, tuple[int, int]]] = {}  # service -> release -> (n, f)
+        self.latencies: dict[str, dict[str, list[float]]] = {}
+        self.resets: list[str] = []
+
+    def add(
+        self,
+        service: str,
+        release: str,
+        requests: int,
+        failures: int = 0,
+        latencies_ms: tuple[float, ...] = (),
+    ) -> None:
+        """More requests (and failures, and fresh latencies) for a release."""
+        n, f = self.counts.setdefault(service, {}).get(release, (0, 0))
+        self.counts[service][release] = (n + requests, f + failures)
+        self.latencies.setdefault(service, {}).setdefault(release, []).extend(latencies_ms)
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+    async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
+        """Counts since the last reset; latencies since the last snapshot."""
+        fresh = self.latencies.pop(service, {})
+        return {
+            release: ReleaseWindow(
+                n, f, tuple(fresh.get(release, ())), len(fresh.get(release, ())), 1.0
+            )
+            for release, (n, f) in self.counts.get(service, {}).items()
+        }
+
+    async def reset(self, service: str) -> None:
+        """A new window."""
+        self.resets.append(service)
+        self.counts.pop(service, None)
+        self.latencies.pop(service, None)

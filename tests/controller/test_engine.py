@@ -10,7 +10,7 @@ from canarist.controller.engine import Engine
 from canarist.domain.spec import parse_spec
 from canarist.errors import BadInput, RolloutInProgress, UnknownRelease, UnknownService
 from canarist.store.sqlite import SQLiteStore
-from canarist.testing import FakeCatalog, FakeClock, FakePlatform, FakeRouter
+from canarist.testing import FakeCatalog, FakeClock, FakeMetrics, FakePlatform, FakeRouter
 
 SPEC = """
 services:
@@ -37,6 +37,7 @@ class World:
         self.catalog = FakeCatalog()
         self.platform = FakePlatform(self.catalog)
         self.router = FakeRouter()
+        self.metrics = FakeMetrics()
         self.spec = parse_spec(spec)
         self.store = SQLiteStore(tmp / "state.db")
         self.engine = self.new_engine()
@@ -45,7 +46,15 @@ class World:
 
     def new_engine(self) -> Engine:
         """A fresh engine over the same store and drivers: a restarted controller."""
-        return Engine(self.spec, self.store, self.platform, self.router, self.catalog, self.clock)
+        return Engine(
+            self.spec,
+            self.store,
+            self.platform,
+            self.router,
+            self.catalog,
+            self.clock,
+            self.metrics,
+        )
 
     async def settle(self, ticks: int = 6, step: float = 0.5) -> None:
         """Tick a few times, letting start/stop tasks run and time pass."""

@@ -43,7 +43,7 @@ def test_strategy_as_a_plain_name() -> None:
         ),
         (
             "services:\n  web:\n    strategy: {steps: [{set_weight: 5, pause: 3}]}\n",
-            "either",
+            "one of",
         ),
     ],
 )
@@ -54,6 +54,26 @@ def test_malformed_specs_are_one_clear_line(text: str, fragment: str) -> None:
     message = str(caught.value)
     assert fragment in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("services:\n  web:\n    analysis: {judge: coin-flip}\n", "unknown judge 'coin-flip'"),
+        ("services:\n  web:\n    analysis: {settings: {alpha: 2}}\n", "alpha"),
+        ("services:\n  web:\n    analysis: {no_data: shrug}\n", "no_data"),
+    ],
+)
+def test_malformed_analysis_is_refused(text: str, fragment: str) -> None:
+    """A bad judge name or setting is caught when the spec is read, not mid-rollout."""
+    with pytest.raises(ConfigError, match=fragment):
+        parse_spec(text)
+
+
+def test_analysis_defaults_to_the_sequential_judge_in_the_background() -> None:
+    """With nothing said, every rollout is watched by the sequential judge."""
+    analysis = parse_spec("services:\n  web: {}\n").service("web").analysis
+    assert (analysis.judge, analysis.background, analysis.no_data) == ("sequential", True, "wait")
 
 
 def test_unknown_service_lists_the_declared_ones() -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from canarist.domain.plan import Pause, Promote, Scale, SetWeight, plan_from_list, plan_to_list
+from canarist.domain.plan import (
+    Analyze,
+    Pause,
+    Promote,
+    Scale,
+    SetWeight,
+    plan_from_list,
+    plan_to_list,
+)
 from canarist.domain.spec import StrategySpec
 from canarist.domain.strategies import compile_plan, known_strategy, override
 from canarist.errors import ConfigError
@@ -21,11 +29,11 @@ def test_first_release_goes_straight_to_full_traffic() -> None:
 
 
 def test_default_canary_ladder() -> None:
-    """The default canary is 10 → 25 → 50 → 100 with 30 s pauses, canary at full size."""
+    """The default canary is 10 → 25 → 50 → 100, each step analyzed for up to 30 s."""
     plan = compile_plan(StrategySpec(), 2)
     assert plan[0] == Scale("canary", 2)
     assert weights(plan) == [10, 25, 50, 100]
-    assert [s.seconds for s in plan if isinstance(s, Pause)] == [30.0, 30.0, 30.0]
+    assert [s.seconds for s in plan if isinstance(s, Analyze)] == [30.0, 30.0, 30.0]
     assert plan[-1] == Promote(30.0)
 
 

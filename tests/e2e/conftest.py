@@ -8,9 +8,9 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from tests.e2e.harness import SPEC, Canarist, free_port
 
 from canarist.demo.sample import write_app
+from tests.e2e.harness import SPEC, Canarist, free_port
 
 
 @pytest.fixture(scope="module")

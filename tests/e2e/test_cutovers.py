@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from tests.e2e.harness import Canarist
 
 from canarist.demo.load import Load, LoadReport
+from tests.e2e.harness import Canarist
 
 pytestmark = [pytest.mark.e2e, pytest.mark.haproxy, pytest.mark.processes]
 
@@ -290,7 +290,9 @@ def test_tampered_release_is_refused(project: tuple[Canarist, dict[str, str]]) -
     data[len(data) // 2] ^= 0xFF
     archive.chmod(0o644)
     archive.write_bytes(bytes(data))
-    before = cli.status()
+    before = cli.wait_for(
+        lambda s: all(i["state"] == "running" for i in s["instances"]), what="settled"
+    )
     result = cli("deploy", "web", ref, check=False)
     assert result.code == 2, result
     assert "does not match" in result.stderr or "tamper" in result.stderr.lower(), result.stderr

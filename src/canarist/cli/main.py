@@ -308,7 +308,10 @@ def render_status(item: dict[str, Any]) -> Table:
         left = step.get("remaining")
         timer = f", {left:.0f}s left" if left is not None else ""
         title += f"\nstep {step['index'] + 1}/{step['total']}: {step['description']}{timer}"
-    table = Table("release", "role", "weight", "instances", "requests", "5xx", title=title)
+    analysis = item.get("analysis") or {}
+    if analysis.get("verdict"):
+        title += f"\nanalysis ({analysis['judge']}): {analysis['verdict']} — {analysis['reason']}"
+    table = Table("release", "role", "weight", "instances", "requests", "failed", title=title)
     releases = {r for r in (item["stable"], item["canary"]) if r} | set(item["weights"])
     releases |= {i["release"] for i in item["instances"]}
     for release in sorted(releases, key=lambda r: (r != item["stable"], r)):
@@ -330,7 +333,7 @@ def render_status(item: dict[str, Any]) -> Table:
             f"{item['weights'].get(release, 0)}%",
             f"{running}/{len(instances)}",
             str(counts.get("requests", 0)),
-            str(counts.get("errors_5xx", 0)),
+            str(counts.get("failures", 0)),
         )
     return table
 

@@ -24,6 +24,7 @@ from canarist.controller.engine import Engine, _ServiceRuntime
 from canarist.domain.spec import DeploymentSpec, parse_spec
 from canarist.errors import ConfigError, ControllerUnavailable
 from canarist.home import Home
+from canarist.metrics.haproxy import HAProxyMetrics, log_target
 from canarist.platforms.local import LocalPlatform
 from canarist.releases.store import LocalArtifactStore
 from canarist.routers.haproxy import HAProxyRouter
@@ -73,8 +74,9 @@ async def serve(home: Home) -> None:
     store = SQLiteStore(home.database)
     artifacts = LocalArtifactStore(home.artifacts, venv_root=home.venvs)
     platform = LocalPlatform(home.root, artifacts)
-    router = HAProxyRouter(home.haproxy)
-    engine = Engine(spec, store, platform, router, StoreCatalog(artifacts))
+    router = HAProxyRouter(home.haproxy, log_target=log_target(home.haproxy))
+    metrics = HAProxyMetrics(router)
+    engine = Engine(spec, store, platform, router, StoreCatalog(artifacts), metrics=metrics)
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -98,9 +100,11 @@ async def serve(home: Home) -> None:
     # `canarist up` adopts them. `canarist down` asks for everything to stop through the API.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    await metrics.start()
     try:
         await engine.run(stop)
     finally:
+        await metrics.stop()
         with contextlib.suppress(FileNotFoundError):
             home.endpoint.unlink()
         await runner.cleanup()

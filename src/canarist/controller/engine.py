@@ -15,11 +15,21 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from canarist.domain.plan import Pause, Plan, Promote, Scale, SetWeight, describe, plan_to_list
+from canarist.controller.watch import Watch
+from canarist.domain.plan import (
+    Analyze,
+    Pause,
+    Plan,
+    Promote,
+    Scale,
+    SetWeight,
+    describe,
+    plan_to_list,
+)
 from canarist.domain.rollout import (
     EXIT_CODES,
     Ended,
@@ -32,8 +42,9 @@ from canarist.domain.rollout import (
 from canarist.domain.spec import DeploymentSpec, ServiceSpec
 from canarist.domain.strategies import compile_plan, override
 from canarist.errors import BadInput, DriverError, RolloutInProgress
+from canarist.metrics.base import Metrics, ReleaseWindow
 from canarist.platforms.base import Instance, Platform
-from canarist.routers.base import Member, ReleaseCounters, Router, RouteTable, ServiceRoute
+from canarist.routers.base import Member, Router, RouteTable, ServiceRoute
 from canarist.store.records import InstanceRecord, ServiceState
 from canarist.store.sqlite import SQLiteStore
 
@@ -58,7 +69,9 @@ class _ServiceRuntime:
     applied_weights: dict[str, int] | None = None
     start_failures: dict[str, int] = field(default_factory=dict)  # release -> failed starts
     last_start_error: dict[str, str] = field(default_factory=dict)
-    counters: dict[str, ReleaseCounters] = field(default_factory=dict)
+    window: dict[str, ReleaseWindow] = field(default_factory=dict)  # latest metrics snapshot
+    watch: Watch | None = None  # the running rollout's analysis
+    last_analysis: dict[str, Any] | None = None  # of the last rollout that ended
 
 
 class Catalog(Protocol):
@@ -82,6 +95,7 @@ class Engine:
         router: Router,
         catalog: Catalog,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -89,6 +103,7 @@ class Engine:
         self.router = router
         self.catalog = catalog
         self.clock = clock
+        self.metrics = metrics
         self._runtime: dict[str, _ServiceRuntime] = {
             name: _ServiceRuntime() for name in spec.services
         }
@@ -223,9 +238,10 @@ class Engine:
             except DriverError as exc:
                 log.warning("router: %s", exc)
             for name in self.spec.services:
+                await self._read_metrics(name)
                 rollout = self.store.active_rollout(name)
                 if rollout is not None:
-                    self._advance(rollout)
+                    await self._advance(rollout)
                 await self._reconcile(name)
 
     async def run(self, stop: asyncio.Event, interval: float = 0.1) -> None:
@@ -259,11 +275,64 @@ class Engine:
 
     # -- rollouts ----------------------------------------------------------------------
 
-    def _advance(self, rollout: Rollout) -> None:
+    async def _read_metrics(self, name: str) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self._runtime[name].window = await self.metrics.snapshot(name)
+        except DriverError as exc:
+            log.warning("%s: metrics: %s", name, exc)
+
+    async def _observe(self, rollout: Rollout, state: ServiceState) -> str | None:
+        """Feed the rollout's analysis; a reason to roll back, or None."""
+        svc = self.spec.services[rollout.service]
+        runtime = self._runtime[rollout.service]
+        now = self.clock()
+        watch = runtime.watch
+        if watch is None or watch.rollout_id != rollout.id:
+            if state.weights.get(rollout.release, 0) <= 0 or rollout.previous is None:
+                return None  # no canary traffic yet, or nothing to compare with
+            if self.metrics is not None:
+                try:
+                    await self.metrics.reset(rollout.service)
+                except DriverError as exc:
+                    log.warning("%s: metrics reset: %s", rollout.service, exc)
+                    return None
+            runtime.window = {}
+            watch = runtime.watch = Watch.begin(svc.analysis, rollout.id, now)
+            self.store.record(
+                rollout.service, "analysis.started", {"judge": watch.judge}, rollout.id
+            )
+        analyzing = svc.analysis.background or isinstance(rollout.current, Analyze)
+        if analyzing:
+            window = runtime.window
+            watch.observe(
+                svc.analysis, now, window.get(rollout.release), window.get(rollout.previous or "")
+            )
+        verdict = watch.verdict
+        if verdict is not None and verdict.outcome != watch.recorded:
+            watch.recorded = verdict.outcome
+            self.store.record(
+                rollout.service,
+                "analysis.verdict",
+                {
+                    "verdict": verdict.outcome,
+                    "reason": verdict.reason,
+                    "figures": dict(verdict.figures),
+                },
+                rollout.id,
+            )
+        return watch.rollback_reason(svc.analysis)
+
+    async def _advance(self, rollout: Rollout) -> None:
         """Move the rollout on when its current step is complete."""
         state = self.store.service(rollout.service)
         self._enter_step(state, rollout)  # idempotent: re-asserts the step's desired state
         self.store.save_service(state)
+        reason = await self._observe(rollout, state)
+        if reason is not None:
+            self._end(rollout, "rolled_back", reason)
+            return
         step = rollout.current
         now = self.clock()
         done = False
@@ -283,6 +352,11 @@ class Engine:
             done = self._runtime[rollout.service].applied_weights == state.weights
         elif isinstance(step, Pause):
             done = step.seconds is not None and now - rollout.step_started_at >= step.seconds
+        elif isinstance(step, Analyze):
+            over = self._analyzed(rollout, step, now)
+            if over is None:
+                return  # rolled back or paused
+            done = over
         elif isinstance(step, Promote):
             self._end(rollout, "promoted", "all steps passed")
             return
@@ -298,6 +372,35 @@ class Engine:
                     {"index": after.step, "step": _step_text(after)},
                     rollout.id,
                 )
+
+    def _analyzed(self, rollout: Rollout, step: Analyze, now: float) -> bool | None:
+        """Whether an analyze step is over: a pass ends it early; at its time limit, a
+        judge still weighing the evidence lets it go on, too little data follows the spec."""
+        svc = self.spec.services[rollout.service]
+        watch = self._runtime[rollout.service].watch
+        verdict = watch.verdict if watch is not None else None
+        if verdict is not None and verdict.outcome == "pass":
+            return True
+        if now - rollout.step_started_at < step.seconds:
+            return False
+        if watch is None or watch.analysis is None or rollout.previous is None:
+            return True  # nothing to judge with: the step is a timed pause
+        if verdict is not None and verdict.outcome == "continue":
+            return True
+        policy = svc.analysis.no_data
+        if policy == "fail":
+            self._end(rollout, "rolled_back", f"not enough data to judge in {step.seconds:g}s")
+            return None
+        if policy == "pause" and rollout.phase != "paused":
+            self.store.save_rollout(replace(rollout, phase="paused"))
+            self.store.record(
+                rollout.service,
+                "rollout.paused",
+                {"reason": "not enough data to judge"},
+                rollout.id,
+            )
+            return None
+        return False  # "wait": keep judging until there is enough traffic
 
     def _enter_step(self, state: ServiceState, rollout: Rollout) -> None:
         """Write the desired state the rollout's current step asks for (idempotent)."""
@@ -339,7 +442,19 @@ class Engine:
             state.canary = None
             self.store.save_service(state)
             self.store.save_rollout(ended)
-            self.store.record(rollout.service, f"rollout.{phase}", {"reason": reason}, rollout.id)
+            runtime = self._runtime[rollout.service]
+            watch = (
+                runtime.watch if runtime.watch and runtime.watch.rollout_id == rollout.id else None
+            )
+            analysis = watch.summary(now) if watch is not None else None
+            runtime.watch = None
+            runtime.last_analysis = analysis
+            self.store.record(
+                rollout.service,
+                f"rollout.{phase}",
+                {"reason": reason, "analysis": analysis},
+                rollout.id,
+            )
         log.info("%s: rollout %d %s (%s)", rollout.service, rollout.id, phase, reason)
         return ended
 
@@ -375,7 +490,7 @@ class Engine:
         now = self.clock()
         self._retire_warm(state, now)
         records = self.store.instances(name)
-        await self._check_health(svc, records, now)
+        await self._check_health(svc, state, records, now)
         records = self.store.instances(name)
         self._scale(svc, state, records, now)
         records = self.store.instances(name)
@@ -392,8 +507,6 @@ class Engine:
         for record in records:
             if record.state == "stopping" and record.id not in self._tasks:
                 self._spawn(record.id, self._stop_record(record, svc.stop_grace))
-        with contextlib.suppress(DriverError):
-            runtime.counters = await self.router.counters(name)
 
     def _retire_warm(self, state: ServiceState, now: float) -> None:
         due = [r for r, at in state.retire_at.items() if at <= now]
@@ -406,8 +519,13 @@ class Engine:
         self.store.save_service(state)
         self.store.record(state.name, "release.retired", {"releases": due})
 
+    def _lost(self, state: ServiceState, record: InstanceRecord) -> None:
+        watch = self._runtime[state.name].watch
+        if watch is not None and record.release == state.canary:
+            watch.lost_instances += 1
+
     async def _check_health(
-        self, svc: ServiceSpec, records: list[InstanceRecord], now: float
+        self, svc: ServiceSpec, state: ServiceState, records: list[InstanceRecord], now: float
     ) -> None:
         probes: list[tuple[InstanceRecord, asyncio.Task[bool]]] = []
         for record in records:
@@ -416,6 +534,7 @@ class Engine:
             instance = _instance(record)
             if not self.platform.alive(instance):
                 self._mark(record, "failed", "process exited")
+                self._lost(state, record)
                 self._runtime[svc.name].applied_weights = None
                 self._spawn(record.id, self._stop_record(record, 0.0))
                 continue
@@ -434,6 +553,7 @@ class Engine:
             if health.failures >= svc.health.failures:
                 # Never repaired in place: it is taken out and a fresh one replaces it.
                 self._mark(record, "stopping", f"failed {health.failures} health checks")
+                self._lost(state, record)
 
     def _scale(
         self, svc: ServiceSpec, state: ServiceState, records: list[InstanceRecord], now: float
@@ -601,7 +721,19 @@ class Engine:
             phase = "degraded"
         else:
             phase = "stable"
-        counters = self._runtime[name].counters
+        runtime = self._runtime[name]
+        window = runtime.window
+        if runtime.watch is not None:
+            analysis = runtime.watch.summary(self.clock())
+        elif runtime.last_analysis is not None:
+            analysis = {**runtime.last_analysis, "finished": True}
+        else:
+            analysis = {
+                "judge": svc.analysis.judge,
+                "verdict": None,
+                "reason": "no rollout has been analyzed yet",
+                "figures": {},
+            }
         return {
             "service": name,
             "phase": phase,
@@ -611,19 +743,16 @@ class Engine:
             "weights": dict(state.weights),
             "step": _step_info(rollout, self.clock()) if rollout else None,
             "rollout": _rollout_json(rollout) if rollout else None,
-            "analysis": {"verdict": "none", "reason": "no analysis configured for this service"},
+            "analysis": analysis,
             "endpoint": f"http://{host}:{port}/",
             "instances": [
                 {"id": r.id, "release": r.release, "state": r.state, "port": r.port, "pid": r.pid}
                 for r in records
             ],
+            # Since the current (or last) analysis window began.
             "counters": {
-                release: {
-                    "requests": c.requests,
-                    "errors_5xx": c.errors_5xx,
-                    "connection_errors": c.connection_errors,
-                }
-                for release, c in counters.items()
+                release: {"requests": w.requests, "failures": w.failures}
+                for release, w in window.items()
             },
             "warm": {release: at for release, at in state.retire_at.items()},
         }

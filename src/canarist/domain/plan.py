@@ -36,6 +36,14 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Analyze:
+    """Judge the canary against stable for up to `seconds`; a pass ends it early."""
+
+    seconds: float
+    kind: Literal["analyze"] = "analyze"
+
+
+@dataclass(frozen=True)
 class Promote:
     """The canary becomes stable; the old release stays warm for `scale_down_delay` seconds."""
 
@@ -43,7 +51,7 @@ class Promote:
     kind: Literal["promote"] = "promote"
 
 
-Step = Scale | SetWeight | Pause | Promote
+Step = Scale | SetWeight | Pause | Analyze | Promote
 Plan = tuple[Step, ...]
 
 
@@ -54,6 +62,8 @@ def step_to_dict(step: Step) -> dict[str, Any]:
     if isinstance(step, SetWeight):
         return {"kind": step.kind, "percent": step.percent}
     if isinstance(step, Pause):
+        return {"kind": step.kind, "seconds": step.seconds}
+    if isinstance(step, Analyze):
         return {"kind": step.kind, "seconds": step.seconds}
     return {"kind": step.kind, "scale_down_delay": step.scale_down_delay}
 
@@ -71,6 +81,8 @@ def step_from_dict(data: dict[str, Any]) -> Step:
     if kind == "pause":
         seconds = data.get("seconds")
         return Pause(seconds=None if seconds is None else float(seconds))
+    if kind == "analyze":
+        return Analyze(seconds=float(data["seconds"]))
     if kind == "promote":
         return Promote(scale_down_delay=float(data["scale_down_delay"]))
     raise ConfigError(f"unknown step kind in plan: {kind!r}")
@@ -94,4 +106,6 @@ def describe(step: Step) -> str:
         return f"set canary weight {step.percent}%"
     if isinstance(step, Pause):
         return "pause until promote" if step.seconds is None else f"pause {step.seconds:g}s"
+    if isinstance(step, Analyze):
+        return f"analyze up to {step.seconds:g}s"
     return "promote"

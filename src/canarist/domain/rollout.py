@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from canarist.domain.plan import Pause, Plan, Step
+from canarist.domain.plan import Analyze, Pause, Plan, Step
 
 Phase = Literal["progressing", "paused", "promoted", "aborted", "rolled_back", "failed"]
 TERMINAL: frozenset[str] = frozenset({"promoted", "aborted", "rolled_back", "failed"})
@@ -88,7 +88,7 @@ def transition(rollout: Rollout, event: Event) -> Rollout:
         if event.full:
             # Jump to the final promote step (the last one of every plan).
             return _enter(rollout, len(rollout.plan) - 1, event.at)
-        if isinstance(rollout.current, Pause):
+        if isinstance(rollout.current, Pause | Analyze):
             return _enter(rollout, rollout.step + 1, event.at)
         return rollout
     return _enter(rollout, rollout.step + 1, event.at)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -39,9 +39,10 @@ class HealthSpec(_Model):
 
 
 class CanaryStepSpec(_Model):
-    """One step of an explicit canary: exactly one of set_weight or pause."""
+    """One step of an explicit canary: exactly one of set_weight, pause or analyze."""
 
     set_weight: int | None = Field(default=None, ge=0, le=100)
+    analyze: Seconds | None = None  # judge for up to this long; a pass ends it early
     # pause: a duration, or "manual" / {} / null for a gate that waits for `promote`
     pause: Seconds | None = None
     manual: bool = False
@@ -53,21 +54,30 @@ class CanaryStepSpec(_Model):
             value = data["pause"]
             if value in (None, {}, "manual", "promote"):
                 rest = {k: v for k, v in data.items() if k != "pause"}
-                return {**rest, "manual": True}
+                other = any(rest.get(k) is not None for k in ("set_weight", "analyze"))
+                # A null pause beside another action is an absent one (a dumped spec).
+                return rest if other else {**rest, "manual": True}
         return data
 
     @model_validator(mode="after")
     def _one_action(self) -> CanaryStepSpec:
-        actions = [self.set_weight is not None, self.pause is not None or self.manual]
+        actions = [
+            self.set_weight is not None,
+            self.pause is not None or self.manual,
+            self.analyze is not None,
+        ]
         if sum(actions) != 1:
-            raise ValueError("a canary step is either {set_weight: N} or {pause: DURATION|manual}")
+            raise ValueError(
+                "a canary step is one of {set_weight: N}, {pause: DURATION|manual},"
+                " {analyze: DURATION}"
+            )
         return self
 
 
 def _default_ladder() -> list[CanaryStepSpec]:
     steps: list[CanaryStepSpec] = []
     for weight in (10, 25, 50):
-        steps += [CanaryStepSpec(set_weight=weight), CanaryStepSpec(pause=30.0)]
+        steps += [CanaryStepSpec(set_weight=weight), CanaryStepSpec(analyze=30.0)]
     return steps
 
 
@@ -102,6 +112,27 @@ class StrategySpec(_Model):
         return self
 
 
+class AnalysisSpec(_Model):
+    """How canary and stable are compared while a rollout runs."""
+
+    judge: str = "sequential"  # sequential | threshold | mann-whitney | none
+    settings: dict[str, Any] = Field(default_factory=dict)  # the judge's own settings
+    background: bool = True  # judge through every step while the canary takes traffic
+    # What an analyze step does when its time is up with too little traffic to judge:
+    # keep waiting, pause for a person to `promote`, or roll back.
+    no_data: Literal["wait", "pause", "fail"] = "wait"
+    max_failed_requests: int | None = Field(default=None, ge=1)  # canary failures budget
+    max_instance_failures: int = Field(default=3, ge=1)  # canary instances lost, then rollback
+
+    @model_validator(mode="after")
+    def _known_judge(self) -> AnalysisSpec:
+        if self.judge != "none":
+            from canarist.judges import make_judge
+
+            make_judge(self.judge, self.settings)  # ConfigError names the bad setting
+        return self
+
+
 class ServiceSpec(_Model):
     """One service: where it listens, how many instances, how it is checked and rolled out."""
 
@@ -110,6 +141,7 @@ class ServiceSpec(_Model):
     instances: int = Field(default=2, ge=1, le=64)
     health: HealthSpec = Field(default_factory=HealthSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     sticky: bool = False
     canary_header: str | None = "X-Canarist-Canary"
     drain_timeout: Seconds = 10.0

@@ -11,7 +11,7 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from canarist.domain.plan import Pause, Plan, Promote, Scale, SetWeight, Step
+from canarist.domain.plan import Analyze, Pause, Plan, Promote, Scale, SetWeight, Step
 from canarist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ def compile_plan(strategy: StrategySpec, instances: int, *, first: bool = False)
         for item in strategy.steps:
             if item.set_weight is not None:
                 steps.append(SetWeight(item.set_weight))
+            elif item.analyze is not None:
+                steps.append(Analyze(item.analyze))
             else:
                 steps.append(Pause(None if item.manual else item.pause))
         return _canary(tuple(steps), instances, delay)

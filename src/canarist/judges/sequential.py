@@ -3,24 +3,30 @@
 Two tests watch the canary side by side with the baseline, and each may be looked at
 after every observation (four times a second) without inflating its error rates.
 
-Error rate: a stratified, conditional likelihood-ratio test
-    Each observation interval is a stratum: n_c canary and n_b baseline requests, and f
-    failures between them. Given f, the number x of those failures that the canary
-    served follows Fisher's noncentral hypergeometric law with odds ratio psi (the
-    canary's odds of failing over the baseline's), whatever the common failure rate is
-    in that interval. Conditioning removes the unknown, drifting baseline rate and the
-    canary's traffic share, which may change between steps: a shared outage fails both
-    releases alike and is no evidence against the canary. This is Fisher's conditional
-    test of a 2x2 table, taken stratum by stratum as in Mantel & Haenszel (1959), and the
-    case-or-control conditioning of Kulldorff et al.'s binomial MaxSPRT (2011).
+Error rate: label-versus-outcome e-values against the baseline, plus an absolute floor
+    Under "the canary fails no more often than the baseline", whether a request went to
+    the canary or to the baseline (its label; the router decides it) tells nothing about
+    whether it failed, whatever the common failure rate is at that moment: a shared
+    outage fails both releases alike and is no evidence against the canary. That is
+    the null. Requests are grouped into blocks, each closed by an observation interval
+    that saw a failure and reaching back over the failure-free intervals before it (at
+    most `block_window` seconds). For a block's f failed and m succeeded requests, with
+    q1 and q0 chosen before the block (q0 = w, the canary's traffic share estimated
+    from earlier requests, and q1 = w psi / (w psi + 1 - w) for an odds ratio psi),
+        E = prod over requests of q(label) / q_pool(label),  q_pool = (f q1 + m q0) / (f + m)
+    has expectation at most 1 under the null for any block sizes: it is the e-variable
+    for 2x2 tables of Turner, Ly & Grunwald (2024). Conditioning on which requests
+    failed is the case-or-control view of Kulldorff et al.'s binomial MaxSPRT (2011):
+    with long blocks q_pool is close to w, so each canary failure multiplies the
+    evidence by almost q1 / w, and each baseline failure by (1 - q1) / (1 - w).
 
-    Roll back when a mixture of likelihood ratios, over a grid of odds ratios above
-    psi0 = 1 + error_tolerance, reaches 1/alpha_e. The mixture (Robbins 1970; the mSPRT of
-    Johari et al. 2017) is a non-negative supermartingale while psi <= psi0, so by
-    Ville's inequality (1939) the probability that it *ever* reaches 1/alpha_e is at most
-    alpha_e, however often it is looked at: that is the false-rollback guarantee.
-    Against large regressions it behaves like Wald's SPRT (1945) for the right odds
-    ratio, at the cost of the log of the grid's size.
+    Roll back when a mixture of these e-processes over a grid of odds ratios psi > 1
+    reaches 1/alpha_e. The mixture (Robbins 1970; the mSPRT of Johari et al. 2017) is a
+    non-negative supermartingale under the null, so by Ville's inequality (1939) the
+    probability that it *ever* reaches 1/alpha_e is at most alpha_e however often it is
+    looked at: that is the false-rollback guarantee. Against a large regression it
+    decides like Wald's SPRT (1945) for the right odds ratio, at the cost of the log of
+    the grid's size.
 
     Error rates below `min_error_rate` are never a reason to roll back: a second
     mixture tests "canary error rate <= min_error_rate" on the canary's own binomial
@@ -28,11 +34,14 @@ Error rate: a stratified, conditional likelihood-ratio test
     Berger 1982, which keeps level alpha_e). Without it, a canary with 2 failures in
     100,000 requests would be rolled back for being worse than a baseline with none.
 
-    Pass when the likelihood ratio of psi0 against the stated degradation psi1 =
-    `error_degradation` reaches 1/beta (Wald's other boundary, a supermartingale while
-    psi >= psi1, so a canary that is that much worse passes with probability <= beta).
-    A weighted average of that ratio and an absolute one ("canary error rate below
-    psi1 * min_error_rate") is used instead, so that releases that never fail can pass.
+    Pass when Wald's likelihood ratio of odds ratio 1 against the stated degradation
+    psi1 = `error_degradation` reaches 1/beta. It is computed per observation interval
+    with Fisher's noncentral hypergeometric law (the conditional law of the canary's
+    share of the interval's failures, exact whatever the common rate, Mantel & Haenszel
+    1959 for strata), so it is a supermartingale whenever psi >= psi1 and a canary that
+    much worse passes with probability at most beta. A weighted average of it and an
+    absolute ratio ("canary error rate below psi1 * min_error_rate") is used, so that
+    releases that never fail can pass too.
 
 Latency: a sequential rank test on contemporaneous pairs
     Each canary latency sample is compared with k fresh baseline samples taken at about
@@ -52,11 +61,13 @@ Guarantees and defaults
     whose latencies are 25 % higher (latency_degradation = 0.25), passes with probability
     at most 0.1 (power 0.9). No pass before `min_requests` canary requests.
 
-Assumptions: within one observation interval, requests of both releases fail
-independently with a common probability when the canary is no worse (so requests must
-be split between releases at random, not by a client property that also drives
-failures); latency samples of the two releases in a pairing window are independent
-draws from their distributions. Ties between latencies count against rejecting.
+Assumptions: requests are split between the releases independently of how likely they
+are to fail (by weight, not by a client property that also drives failures); the
+canary's traffic share holds steady within a block (a few seconds; a weight change inside
+one biases that block only); latency samples of the two releases within a pairing window
+are independent draws from their distributions. Ties between latencies count against
+rejecting. The tests are one-sided: a canary better than the baseline is never a reason
+to roll back.
 
 References
     A. Wald (1945), Sequential tests of statistical hypotheses, Ann. Math. Stat. 16(2).
@@ -68,6 +79,8 @@ References
     M. Kulldorff, R. Davis, M. Kolczak, E. Lewis, T. Lieu, R. Platt (2011), A maximized
         sequential probability ratio test for drug and vaccine safety surveillance,
         Sequential Analysis 30(1).
+    R. J. Turner, A. Ly, P. D. Grunwald (2024), Generic E-variables for exact sequential
+        k-sample tests that allow for optional stopping, J. Stat. Plan. Inference 230.
     N. Mantel, W. Haenszel (1959), Statistical aspects of the analysis of data from
         retrospective studies of disease, J. Natl. Cancer Inst. 22(4).
     E. L. Lehmann (1953), The power of rank tests, Ann. Math. Stat. 24(1).
@@ -91,12 +104,11 @@ from canarist.judges.base import (
     Counts,
     Figure,
     JudgeSettings,
-    LatencyWindow,
+    LatencyHistogram,
     Observation,
     Seconds,
     Verdict,
-    count_figures,
-    latency_figures,
+    histogram_figures,
     percent,
 )
 
@@ -165,6 +177,7 @@ class _Mixture:
     def __init__(self, size: int) -> None:
         self.logs = [0.0] * size
         self._log_weight = -math.log(size)
+        self.value = 1.0  # the mixture's likelihood ratio (an e-value)
         self.peak = 1.0  # the largest value seen: its inverse is an always-valid p-value
 
     def add(self, increments: Sequence[float]) -> None:
@@ -172,11 +185,8 @@ class _Mixture:
         logs = self.logs
         for i, increment in enumerate(increments):
             logs[i] += increment
-        self.peak = max(self.peak, self.value())
-
-    def value(self) -> float:
-        """The mixture's likelihood ratio (an e-value)."""
-        return math.exp(min(_logsumexp(self.logs) + self._log_weight, 700.0))
+        self.value = math.exp(min(_logsumexp(logs) + self._log_weight, 700.0))
+        self.peak = max(self.peak, self.value)
 
 
 def _logsumexp(values: Sequence[float]) -> float:
@@ -197,6 +207,7 @@ class _ErrorTest:
         self.block_window = settings.block_window
         self.psi1 = settings.error_degradation
         self._log_psi1 = math.log(self.psi1)
+        self._log_grid = [math.log(psi) for psi in ERROR_GRID]
         self.fail = _Mixture(len(ERROR_GRID))
         self.pass_log = 0.0  # log likelihood ratio of odds ratio 1 against psi1
         # Requests not yet in a block (no failure among them), newest last: (time, n_c, n_b).
@@ -218,11 +229,16 @@ class _ErrorTest:
 
     def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
         """Take in one interval ending at `now`: requests and failures of each release."""
-        self._rollback_block(now, n_c, x_c, n_b, x_b)
-        self._pass_stratum(n_c, x_c, n_b, x_b)
+        stratum = _Stratum.of(n_c, x_c, n_b, x_b)
+        self._rollback_block(now, n_c, x_c, n_b, x_b, stratum)
+        if stratum is not None:
+            # Wald's ratio of odds ratio 1 against psi1, exact per interval (see _Stratum).
+            self.pass_log += stratum.log_ratio(x_c, 0.0, self._log_psi1)
         self._absolute(n_c, x_c)
 
-    def _rollback_block(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
+    def _rollback_block(
+        self, now: float, n_c: int, x_c: int, n_b: int, x_b: int, stratum: _Stratum | None
+    ) -> None:
         """Close a block at every interval with failures; score it with the 2x2 e-variable.
 
         A block is the interval plus the failure-free intervals just before it (at most
@@ -233,6 +249,12 @@ class _ErrorTest:
         q_pool = (f q1 + m q0) / (f + m), has expectation at most 1 (Turner, Ly &
         Grunwald 2024). Long blocks make q_pool close to the canary's share, so each
         canary failure counts nearly fully even when a poll sees only a few requests.
+
+        While the interval itself holds more requests than the share was estimated from
+        (at the start), the block is scored by the interval's exact conditional ratio
+        instead (see _Stratum). The choice looks at the past and at request and failure
+        totals only, never at which release served them, so the product of the blocks'
+        e-values stays a supermartingale.
         """
         pending = self._pending
         while pending and pending[0][0] <= now - self.block_window:
@@ -247,7 +269,10 @@ class _ErrorTest:
         w = self.share  # estimated from requests before the block only: predictable
         succeeded = block_c + block_b - failures
         canary_succeeded = block_c - x_c
-        if succeeded > 0:
+        if self._history_total < n_c + n_b:
+            if stratum is not None:
+                self.fail.add([stratum.log_ratio(x_c, lp, 0.0) for lp in self._log_grid])
+        elif succeeded > 0:
             increments = []
             for psi in ERROR_GRID:
                 q1 = w * psi / (w * psi + 1 - w)
@@ -276,26 +301,6 @@ class _ErrorTest:
         # Half a request each way keeps the estimate inside (0, 1).
         self.share = (self._history_canary + 0.5) / (self._history_total + 1)
 
-    def _pass_stratum(self, n_c: int, x: int, n_b: int, x_b: int) -> None:
-        """Fisher's conditional likelihood ratio of odds ratio 1 against psi1, per interval.
-
-        Given the interval's f failures, the canary's share x follows Fisher's noncentral
-        hypergeometric law, exactly, whatever the common rate: this side needs no
-        assumption about the traffic share, only that the interval is short.
-        """
-        f = x + x_b
-        low, high = max(0, f - n_b), min(f, n_c)
-        if f == 0 or low == high:
-            return  # no failure, or where it fell was forced: no evidence either way
-        # log of C(n_c, y) C(n_b, f - y) up to a constant, by the ratio of neighbours
-        log_h = [0.0]
-        for y in range(low, high):
-            ratio = (n_c - y) * (f - y) / ((y + 1) * (n_b - f + y + 1))
-            log_h.append(log_h[-1] + math.log(ratio))
-        g1 = _logsumexp(log_h)
-        g_psi1 = _logsumexp([lh + (low + i) * self._log_psi1 for i, lh in enumerate(log_h)])
-        self.pass_log += g_psi1 - g1 - x * self._log_psi1
-
     def _absolute(self, n: int, x: int) -> None:
         if n == 0:
             return
@@ -319,10 +324,10 @@ class _ErrorTest:
 
     def fail_evidence(self) -> float:
         """The intersection-union e-value: both the relative and the absolute test must agree."""
-        relative = self.fail.value()
+        relative = self.fail.value
         if self.floor_fail is None:
             return relative if self.canary_failures > 0 else 1.0
-        return min(relative, self.floor_fail.value())
+        return min(relative, self.floor_fail.value)
 
     def fail_p_value(self) -> float:
         """Always-valid p-value of "the canary is no worse" (the larger of the two tests')."""
@@ -337,8 +342,45 @@ class _ErrorTest:
         if self.floor_pass is None:
             return relative
         return RELATIVE_PASS_WEIGHT * relative + (1 - RELATIVE_PASS_WEIGHT) * (
-            self.floor_pass.value()
+            self.floor_pass.value
         )
+
+
+class _Stratum:
+    """One observation interval with failures, as a 2x2 table with fixed margins.
+
+    Given the interval's f failures among n_c canary and n_b baseline requests, the
+    number x that the canary served follows Fisher's noncentral hypergeometric law with
+    the odds ratio psi, whatever the common failure rate was (Mantel & Haenszel 1959 for
+    strata): P(x) = C(n_c, x) C(n_b, f - x) psi^x / G(psi), G summing the numerator over
+    the support. Likelihood ratios between odds ratios are exact, needing no estimate of
+    the canary's share, but a short interval with few requests says little.
+    """
+
+    def __init__(self, low: int, log_h: list[float]) -> None:
+        self.low = low
+        self.log_h = log_h  # log C(n_c, y) C(n_b, f - y) up to a constant, y = low...
+
+    @classmethod
+    def of(cls, n_c: int, x: int, n_b: int, x_b: int) -> _Stratum | None:
+        """The stratum of an interval, or None when it carries no evidence."""
+        f = x + x_b
+        low, high = max(0, f - n_b), min(f, n_c)
+        if f == 0 or low == high:
+            return None  # no failure, or where the failures fell was forced
+        log_h = [0.0]
+        for y in range(low, high):  # by the ratio of neighbouring terms
+            ratio = (n_c - y) * (f - y) / ((y + 1) * (n_b - f + y + 1))
+            log_h.append(log_h[-1] + math.log(ratio))
+        return cls(low, log_h)
+
+    def log_ratio(self, x: int, log_psi: float, log_psi_null: float) -> float:
+        """log of P_psi(x) / P_psi_null(x)."""
+        return x * (log_psi - log_psi_null) + self._log_g(log_psi_null) - self._log_g(log_psi)
+
+    def _log_g(self, log_psi: float) -> float:
+        low = self.low
+        return _logsumexp([h + (low + i) * log_psi for i, h in enumerate(self.log_h)])
 
 
 def _floor_grid(floor: float) -> tuple[float, ...]:
@@ -443,8 +485,10 @@ class SequentialAnalysis:
         self._baseline = Counts()
         self._errors = _ErrorTest(settings)
         self._latency = _LatencyTest(settings) if latency_alpha > 0 else None
-        self._canary_window = LatencyWindow()
-        self._baseline_window = LatencyWindow()
+        self._canary_latency = LatencyHistogram()
+        self._baseline_latency = LatencyHistogram()
+        self._quantiles: dict[str, Figure] = {}
+        self._quantiles_at = -math.inf
         self._final: Verdict | None = None
 
     def update(self, observation: Observation) -> Verdict:
@@ -456,8 +500,8 @@ class SequentialAnalysis:
         self._errors.update(observation.elapsed, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
         baseline_latencies = observation.baseline.latencies_ms
-        self._canary_window.extend(canary_latencies)
-        self._baseline_window.extend(baseline_latencies)
+        self._canary_latency.extend(canary_latencies)
+        self._baseline_latency.extend(baseline_latencies)
         if self._latency is not None and (canary_latencies or baseline_latencies):
             self._latency.update(observation.elapsed, canary_latencies, baseline_latencies)
         verdict = self._verdict(observation.elapsed)
@@ -466,97 +510,91 @@ class SequentialAnalysis:
         return verdict
 
     def _verdict(self, elapsed: float) -> Verdict:
-        s = self.settings
-        errors, latency = self._errors, self._latency
-        figures = self._figures(elapsed)
+        s, errors, latency = self.settings, self._errors, self._latency
         error_evidence = errors.fail_evidence()
+        latency_evidence = latency.fail.value if latency is not None else 0.0
         rates = (
-            f"canary error rate {percent(self._canary.rate)} over {self._canary.requests} "
-            f"requests vs baseline {percent(self._baseline.rate)}"
+            f"{percent(self._canary.rate)} of {self._canary.requests} canary requests failed "
+            f"vs {percent(self._baseline.rate)} of the baseline's"
         )
         if error_evidence >= self._error_bar:
-            return Verdict(
-                FAIL,
-                f"{rates}: evidence {error_evidence:.0f} >= {self._error_bar:.0f} "
-                f"that the canary fails more (false-rollback rate {s.alpha:g})",
-                figures,
+            reason = (
+                f"canary fails more than baseline: {rates} (evidence {error_evidence:.0f} "
+                f">= {self._error_bar:.0f}; false-rollback rate {s.alpha:g})"
             )
-        if latency is not None and latency.fail.value() >= self._latency_bar:
-            return Verdict(
-                FAIL,
-                f"canary slower than baseline ({self._latency_medians()}): evidence "
-                f"{latency.fail.value():.0f} >= {self._latency_bar:.0f} over {latency.pairs} "
-                f"compared samples (false-rollback rate {s.alpha:g})",
-                figures,
+            return Verdict(FAIL, reason, self._figures(elapsed, fresh=True))
+        if latency is not None and latency_evidence >= self._latency_bar:
+            reason = (
+                f"canary slower than baseline: {self._medians()} over {latency.pairs} "
+                f"compared samples (evidence {latency_evidence:.0f} >= "
+                f"{self._latency_bar:.0f}; false-rollback rate {s.alpha:g})"
             )
+            return Verdict(FAIL, reason, self._figures(elapsed, fresh=True))
         if self._canary.requests < s.min_requests:
-            return Verdict(
-                NO_DATA,
+            reason = (
                 f"not enough data: {self._canary.requests} of {s.min_requests} canary "
-                f"requests needed before a pass",
-                figures,
+                f"requests needed before a pass"
             )
+            return Verdict(NO_DATA, reason, self._figures(elapsed))
         error_pass = errors.pass_evidence()
-        latency_pass = latency.pass_.value() if latency is not None else math.inf
+        latency_pass = latency.pass_.value if latency is not None else math.inf
         if error_pass >= self._pass_bar and latency_pass >= self._pass_bar:
-            latency_note = f", {self._latency_medians()}" if latency is not None else ""
-            return Verdict(
-                PASS,
-                f"canary no worse than baseline: {rates}{latency_note}; evidence "
-                f">= {self._pass_bar:.0f} against a {s.error_degradation:g}x error odds "
-                f"regression" + (" or a latency regression" if latency is not None else ""),
-                figures,
+            against = f"{s.error_degradation:g}x the baseline's error odds"
+            if latency is not None:
+                against += f" or {s.latency_degradation:.0%} slower"
+            reason = (
+                f"canary no worse than baseline: {rates}"
+                + (f", {self._medians()}" if latency is not None else "")
+                + f" (evidence >= {self._pass_bar:.0f} against {against})"
             )
-        progress = (
-            f"errors: rollback evidence {error_evidence:.1f} of {self._error_bar:.0f}, "
-            f"pass evidence {error_pass:.1f} of {self._pass_bar:.0f}"
+            return Verdict(PASS, reason, self._figures(elapsed, fresh=True))
+        reason = (
+            f"gathering evidence: {rates}; errors: rollback {error_evidence:.1f} of "
+            f"{self._error_bar:.0f}, pass {error_pass:.1f} of {self._pass_bar:.0f}"
         )
         if latency is not None:
-            progress += (
-                f"; latency: rollback {latency.fail.value():.1f} of {self._latency_bar:.0f}, "
+            reason += (
+                f"; latency: rollback {latency_evidence:.1f} of {self._latency_bar:.0f}, "
                 f"pass {latency_pass:.1f} of {self._pass_bar:.0f}"
             )
-        return Verdict(CONTINUE, f"gathering evidence ({rates}); {progress}", figures)
+        return Verdict(CONTINUE, reason, self._figures(elapsed))
 
-    def _latency_medians(self) -> str:
-        canary = self._canary_window.quantile(0.5)
-        baseline = self._baseline_window.quantile(0.5)
+    def _medians(self) -> str:
+        canary = self._canary_latency.quantile(0.5)
+        baseline = self._baseline_latency.quantile(0.5)
         return f"p50 {canary:.0f} ms vs {baseline:.0f} ms"
 
-    def _figures(self, elapsed: float) -> dict[str, Figure]:
+    def _figures(self, elapsed: float, fresh: bool = False) -> dict[str, Figure]:
         errors, latency = self._errors, self._latency
-        figures: dict[str, Figure] = {"judge": "sequential", "elapsed_s": round(elapsed, 2)}
-        figures.update(count_figures(self._canary, self._baseline))
-        figures.update(
-            {
-                "error_evidence": _round(errors.fail_evidence()),
-                "error_evidence_to_fail": _round(self._error_bar),
-                "error_p_value": _round(errors.fail_p_value()),
-                "error_pass_evidence": _round(errors.pass_evidence()),
-                "pass_evidence_to_pass": _round(self._pass_bar),
-            }
-        )
+        canary, baseline = self._canary, self._baseline
+        figures: dict[str, Figure] = {
+            "judge": "sequential",
+            "elapsed_s": elapsed,
+            "canary_requests": canary.requests,
+            "canary_failures": canary.failures,
+            "canary_error_rate": canary.rate,
+            "baseline_requests": baseline.requests,
+            "baseline_failures": baseline.failures,
+            "baseline_error_rate": baseline.rate,
+            "canary_traffic_share": errors.share,
+            "error_evidence": errors.fail_evidence(),
+            "error_evidence_to_fail": self._error_bar,
+            "error_p_value": errors.fail_p_value(),
+            "error_pass_evidence": errors.pass_evidence(),
+            "evidence_to_pass": self._pass_bar,
+        }
         if latency is not None:
-            figures.update(
-                {
-                    "latency_evidence": _round(latency.fail.value()),
-                    "latency_evidence_to_fail": _round(self._latency_bar),
-                    "latency_p_value": _round(1.0 / latency.fail.peak),
-                    "latency_pass_evidence": _round(latency.pass_.value()),
-                    "latency_pairs": latency.pairs,
-                    "latency_slower_share": _round(latency.slower / latency.pairs)
-                    if latency.pairs
-                    else 0.0,
-                }
+            figures["latency_evidence"] = latency.fail.value
+            figures["latency_evidence_to_fail"] = self._latency_bar
+            figures["latency_p_value"] = 1.0 / latency.fail.peak
+            figures["latency_pass_evidence"] = latency.pass_.value
+            figures["latency_pairs"] = latency.pairs
+            figures["latency_slower_share"] = (
+                latency.slower / latency.pairs if latency.pairs else 0.0
             )
-        figures.update(
-            latency_figures(self._canary_window.values(), self._baseline_window.values())
-        )
+        # Quantiles are for people: refreshing them once a second is plenty.
+        if fresh or elapsed - self._quantiles_at >= 1.0:
+            self._quantiles = histogram_figures(self._canary_latency, self._baseline_latency)
+            self._quantiles_at = elapsed
+        figures.update(self._quantiles)
         return figures
-
-
-def _round(value: float) -> float:
-    """Keep figures readable: 4 significant digits."""
-    if value == 0 or not math.isfinite(value):
-        return value
-    return float(f"{value:.4g}")

@@ -1,0 +1,163 @@
+"""Rollouts watched by a judge: automatic rollback, early passes, and too little data."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.controller.test_engine import World
+
+SPEC = """
+services:
+  web:
+    listen: 127.0.0.1:18080
+    instances: 2
+    strategy:
+      kind: canary
+      steps:
+        - set_weight: 20
+        - analyze: 20s
+        - set_weight: 50
+        - analyze: 20s
+    analysis:
+      judge: {judge}
+      no_data: {no_data}
+      settings: {settings}
+"""
+
+
+def world_with(
+    tmp: Path,
+    judge: str = "sequential",
+    no_data: str = "wait",
+    settings: str = "{}",
+    extra: str = "",
+) -> World:
+    spec = SPEC.format(judge=judge, no_data=no_data, settings=settings) + extra
+    return World(tmp, spec)
+
+
+async def live(
+    world: World,
+    rng: random.Random,
+    canary_error: float,
+    ticks: int,
+    rate: int = 400,
+    base_error: float = 0.005,
+) -> None:
+    """Tick with traffic: `rate` requests per second split by the current weights."""
+    for _ in range(ticks):
+        weights = world.status()["weights"]
+        for release, percent in weights.items():
+            n = round(rate * 0.25 * percent / 100)
+            p = canary_error if release == world.v2 else base_error
+            failures = sum(1 for _ in range(n) if rng.random() < p)
+            world.metrics.add("web", release, n, failures)
+        await world.settle(1, step=0.25)
+        if world.status()["phase"] not in ("progressing", "paused"):
+            return
+
+
+async def start_canary(world: World) -> None:
+    await world.engine.deploy("web", world.v1)
+    await world.settle()
+    await world.engine.deploy("web", world.v2)
+    await world.settle(3, step=0.25)
+
+
+async def test_a_failing_canary_is_rolled_back_with_its_evidence(tmp_path: Path) -> None:
+    """20 % errors against 0.5 %: the sequential judge fails it and traffic returns."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    await live(world, random.Random(1), canary_error=0.2, ticks=200)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back", history
+    assert "sequential judge" in history["reason"]
+    assert world.weights() == {world.v1: 100}
+    verdicts = [e for e in history["events"] if e["kind"] == "analysis.verdict"]
+    assert verdicts[-1]["detail"]["verdict"] == "fail"
+    assert verdicts[-1]["detail"]["figures"]  # the numbers behind the decision are kept
+    ended = next(e for e in history["events"] if e["kind"] == "rollout.rolled_back")
+    assert ended["detail"]["analysis"]["canary_failures"] > 0
+    status = world.status()
+    assert status["analysis"]["verdict"] == "fail"
+
+
+async def test_a_healthy_canary_is_promoted(tmp_path: Path) -> None:
+    """Same 0.5 % noise on both sides: never rolled back, promoted."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    await live(world, random.Random(2), canary_error=0.005, ticks=400)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "promoted", history
+    assert world.status()["stable"] == world.v2
+
+
+async def test_too_little_traffic_never_passes_by_default(tmp_path: Path) -> None:
+    """With no traffic, the analyze step waits past its time: not enough data is no pass."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    await world.settle(200, step=0.25)  # 50 s, far past the 20 s analyze step
+    status = world.status()
+    assert status["phase"] == "progressing"
+    assert status["step"]["kind"] == "analyze"
+    assert status["analysis"]["verdict"] == "no_data"
+
+
+async def test_too_little_traffic_can_fail_the_rollout(tmp_path: Path) -> None:
+    """no_data: fail rolls back when an analyze step ends without enough data."""
+    world = world_with(tmp_path, no_data="fail")
+    await start_canary(world)
+    await world.settle(100, step=0.25)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back"
+    assert "not enough data" in history["reason"]
+
+
+async def test_too_little_traffic_can_pause_for_a_person(tmp_path: Path) -> None:
+    """no_data: pause parks the rollout; promote moves it on."""
+    world = world_with(tmp_path, no_data="pause")
+    await start_canary(world)
+    await world.settle(100, step=0.25)
+    assert world.status()["phase"] == "paused"
+    await world.engine.promote("web")
+    await world.settle(4, step=0.25)
+    assert world.status()["weights"] == {world.v1: 50, world.v2: 50}
+
+
+async def test_failed_request_budget_rolls_back(tmp_path: Path) -> None:
+    """A budget of failed canary requests rolls back even without a judge."""
+    world = world_with(tmp_path, judge="none", extra="      max_failed_requests: 5\n")
+    await start_canary(world)
+    world.metrics.add("web", world.v2, 100, 4)
+    await world.settle(2, step=0.25)
+    assert world.status()["phase"] == "progressing"
+    world.metrics.add("web", world.v2, 10, 1)
+    await world.settle(2, step=0.25)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back"
+    assert "budget 5" in history["reason"]
+
+
+async def test_canary_instances_that_keep_dying_roll_back(tmp_path: Path) -> None:
+    """Canary instances lost three times (killed or unhealthy): rolled back."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    for _ in range(3):
+        victim = next(i for i in world.platform.running.values() if i.release == world.v2)
+        world.platform.kill(victim.id)
+        await world.settle(3, step=0.25)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back", history
+    assert "instances failed 3 times" in history["reason"]
+
+
+@pytest.mark.parametrize("judge", ["threshold", "mann-whitney"])
+async def test_other_judges_are_wired_too(tmp_path: Path, judge: str) -> None:
+    """Each judge named in the spec runs in the rollout (100 % canary errors: rolled back)."""
+    world = world_with(tmp_path, judge=judge, settings="{interval: 5s}")
+    await start_canary(world)
+    await live(world, random.Random(3), canary_error=1.0, ticks=400)
+    assert world.engine.history("web")[0]["phase"] == "rolled_back"

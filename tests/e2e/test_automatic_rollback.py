@@ -1,0 +1,114 @@
+"""Automatic rollback under real traffic: the default judge reads HAProxy's own counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from canarist.demo.load import Load
+from canarist.demo.sample import write_app
+from tests.e2e.harness import Canarist, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.haproxy, pytest.mark.processes]
+
+SPEC = """\
+services:
+  web:
+    listen: 127.0.0.1:{port}
+    instances: 2
+    health:
+      interval: 0.5s
+    strategy:
+      kind: canary
+      steps:
+        - set_weight: 10
+        - analyze: 15s
+        - set_weight: 50
+        - analyze: 15s
+      scale_down_delay: 2s
+    drain_timeout: 5s
+"""
+RATE = 300.0
+WEIGHT = 0.10
+BAD_ERROR = 0.20
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Canarist, dict[str, str]]]:
+    """v1 and a healthy v3 with 0.5 % errors, a bad v2 with 20 %; v1 serving."""
+    root: Path = tmp_path_factory.mktemp("analysis")
+    port = free_port()
+    (root / "canarist.yaml").write_text(SPEC.format(port=port))
+    cli = Canarist(root, port)
+    refs = {}
+    for name, version, error in (("v1", "1", 0.005), ("bad", "2", BAD_ERROR), ("good", "3", 0.005)):
+        app = write_app(root / name, version=version, error_rate=error)
+        refs[name] = cli("build", str(app)).stdout.strip().splitlines()[-1]
+    cli("up")
+    try:
+        cli("deploy", "web", refs["v1"], "--wait")
+        yield cli, refs
+    finally:
+        cli("down", check=False, timeout=90)
+
+
+def deploy_under_load(cli: Canarist, ref: str) -> tuple[int, float, Load]:
+    load = Load(cli.url, rate=RATE, connections=12).start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "canarist", "deploy", "web", ref, "--wait"],
+        cwd=cli.root,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    took = time.monotonic() - started
+    time.sleep(0.5)
+    load.stop()
+    return proc.returncode, took, load
+
+
+def test_a_bad_release_is_rolled_back_on_little_damage(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """20 % errors against 0.5 %: rolled back on its own (exit 3), after few failures."""
+    cli, refs = project
+    code, took, load = deploy_under_load(cli, refs["bad"])
+    report = load.report
+    served_bad = report.by_version["2"] + report.failed_by_version["2"]
+    failed_bad = report.failed_by_version["2"]
+    # What a 60-second interval check would let through at this traffic and weight.
+    interval_damage = 60 * RATE * WEIGHT * BAD_ERROR
+    print(
+        f"bad release: rolled back after {took:.1f}s; it served {served_bad} requests,"
+        f" {failed_bad} failed (a 60 s interval check: ~{interval_damage:.0f})"
+    )
+    assert code == 3
+    assert failed_bad <= interval_damage / 6
+    history = cli("history", "web", "--json")
+    assert "sequential judge" in history.stdout
+    status = cli.wait_for(lambda s: s["canary"] is None, what="rollback")
+    assert status["stable"] == refs["v1"] and status["weights"] == {refs["v1"]: 100}
+    assert status["analysis"]["verdict"] == "fail"
+    assert status["analysis"]["figures"]
+
+
+def test_a_healthy_release_with_the_same_noise_is_promoted(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """0.5 % errors on both sides: no false rollback, promoted (exit 0)."""
+    cli, refs = project
+    code, took, load = deploy_under_load(cli, refs["good"])
+    print(
+        f"good release: promoted in {took:.1f}s, {load.report.sent} requests,"
+        f" failures by version {dict(load.report.failed_by_version)}"
+    )
+    assert code == 0
+    assert cli.status()["stable"] == refs["good"]
