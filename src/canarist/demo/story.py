@@ -31,10 +31,12 @@ services:
       kind: canary
       steps:
         - set_weight: 10
-        - pause: 6s
+        - analyze: 6s
         - set_weight: 50
-        - pause: 6s
+        - analyze: 6s
       scale_down_delay: 5s
+    analysis:
+      judge: sequential      # the default: decides as soon as the evidence is strong
     drain_timeout: 5s
 """
 
@@ -54,8 +56,9 @@ def run_demo(port: int, keep: bool, console: Console) -> int:
         console.print(f"working in {workdir}")
         store = LocalArtifactStore(home.artifacts, venv_root=home.venvs)
         refs: dict[str, str] = {}
-        for version in ("1.0.0", "2.0.0"):
-            app_dir = write_app(workdir / f"app-{version}", version=version)
+        # v3 is broken: it fails a fifth of its requests.
+        for version, error_rate in (("1.0.0", 0.0), ("2.0.0", 0.0), ("3.0.0", 0.2)):
+            app_dir = write_app(workdir / f"app-{version}", version=version, error_rate=error_rate)
             t0 = time.monotonic()
             refs[version] = build_release(app_dir, store, label=f"v{version}")
             console.print(
@@ -76,14 +79,33 @@ def run_demo(port: int, keep: bool, console: Console) -> int:
         rollout = client.deploy("hello", refs["2.0.0"], None)
         console.print(f"canary of v2.0.0: {' → '.join(rollout['steps'])}")
         final = _watch(client, rollout["id"], load, console)
+        console.print(f"v2.0.0: {final['phase']} ({final['reason']})")
+        time.sleep(1)
+        before_v3 = load.snapshot()
+        console.rule("v3.0.0 fails 20 % of its requests")
+        bad = client.deploy("hello", refs["3.0.0"], None)
+        bad_final = _watch(client, bad["id"], load, console)
+        console.print(f"v3.0.0: {bad_final['phase']} ({bad_final['reason']})")
         time.sleep(2)
         report = load.stop()
         load = None
         _summary(console, client, final, report)
-        ok = final["phase"] == "promoted" and report.failed == 0
+        bad_failed = report.failed_by_version["3.0.0"]
+        console.print(
+            f"v3.0.0 was rolled back automatically after"
+            f" {bad_final['ended_at'] - bad_final['created_at']:.1f}s, having served"
+            f" {report.by_version['3.0.0'] + bad_failed} requests of which {bad_failed} failed"
+        )
+        failed_elsewhere = report.failed - bad_failed
+        ok = (
+            final["phase"] == "promoted"
+            and bad_final["phase"] == "rolled_back"
+            and before_v3.failed == 0
+            and failed_elsewhere == 0
+        )
         console.print(
             f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.0f}s:"
-            f" {report.sent} requests, {report.failed} failed"
+            f" {report.sent} requests; {failed_elsewhere} failed outside the broken v3"
         )
         return 0 if ok else 1
     finally:
@@ -148,7 +170,7 @@ def _summary(
         )
     table.add_row("all", str(report.ok), str(report.failed))
     console.print(table)
-    history = client.history("hello", limit=1)[0]
+    history = next(h for h in client.history("hello", limit=5) if h["id"] == final["id"])
     steps = Table("step", "what", "took", title=f"rollout {final['id']}: {final['phase']}")
     marks = [
         (e["at"], e["detail"].get("index", 0))
