@@ -11,7 +11,8 @@
     ├── ControllerUnavailable      the controller is not running or does not answer
     └── DriverError                a platform or router failed; the controller retries
         ├── InstanceFailed         an instance did not start or did not become healthy
-        └── RouterError            HAProxy (or another router) refused or is unreachable
+        ├── RouterError            HAProxy (or another router) refused or is unreachable
+        └── AWSError               an AWS API call failed (botocore errors, translated)
 
 Provider exceptions (OSError, sqlite3.Error, ...) are translated at the driver edge
 with ``raise ... from exc``; callers test the types above, never message strings.
@@ -66,3 +67,11 @@ class InstanceFailed(DriverError):
 
 class RouterError(DriverError):
     """The router refused a change or could not be reached."""
+
+
+class AWSError(DriverError):
+    """An AWS API call failed; `code` is AWS's error code when there is one."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code

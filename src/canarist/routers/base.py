@@ -39,6 +39,10 @@ class RouteTable:
     members: tuple[Member, ...]
     weights: Mapping[str, int]  # release -> percent of traffic (0..100)
     canary: str | None = None  # release that the canary header forces
+    # Release -> what a router that splits by release rather than by instance points at
+    # (a target group ARN, a Lambda version, an API Gateway deployment id, a record value).
+    # HAProxy routes to members and ignores it.
+    targets: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
