@@ -304,7 +304,27 @@ async def test_blue_green_switches_all_traffic_at_once(tmp_path: Path) -> None:
     await world.settle(8)
     shares = {w.get(world.v2, 0) for _, w in world.router.history}
     assert shares == {0, 100}
+    status = world.status()
+    assert status["phase"] == "progressing" and status["step"]["kind"] == "pause"  # warm
+    releases = [i.release for i in world.platform.running.values()]
+    assert releases.count(world.v1) == 2  # the old release is still up, with no traffic
+    await world.settle(70)  # past the 30 s warm period
     assert world.status()["stable"] == world.v2
+    assert {i.release for i in world.platform.running.values()} == {world.v2}
+
+
+async def test_rollback_in_the_blue_green_warm_period_is_a_weight_change(tmp_path: Path) -> None:
+    """During the warm period a rollback sends traffic back without starting anything."""
+    world = World(tmp_path, SPEC.replace("kind: canary", "kind: blue-green"))
+    await deploy_stable(world)
+    await world.engine.deploy("web", world.v2)
+    await world.settle(8)
+    started = len(world.platform.started)
+    ended = await world.engine.rollback("web")
+    assert ended.phase == "rolled_back"
+    await world.settle(2)
+    assert world.weights() == {world.v1: 100}
+    assert len(world.platform.started) == started
 
 
 async def test_nothing_starts_again_after_shutdown(world: World) -> None:

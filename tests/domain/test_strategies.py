@@ -80,10 +80,10 @@ def test_codedeploy_presets(name: str, expected_weights: list[int], pauses: list
 
 
 def test_blue_green_holds_full_size_with_no_traffic_then_switches() -> None:
-    """Blue-green: scale the new release to full size, switch at once, keep old warm."""
+    """Blue-green: full size first, switch at once, old kept warm inside the rollout."""
     spec = StrategySpec(kind="blue-green", preview=5, scale_down_delay=60)
     plan = compile_plan(spec, 4)
-    assert plan == (Scale("canary", 4), Pause(5.0), SetWeight(100), Promote(60.0))
+    assert plan == (Scale("canary", 4), Pause(5.0), SetWeight(100), Pause(60.0), Promote(0.0))
     manual = compile_plan(StrategySpec(kind="blue-green", preview_manual=True), 4)
     assert Pause(None) in manual
 

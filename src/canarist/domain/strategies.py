@@ -117,7 +117,12 @@ def _blue_green(strategy: StrategySpec, instances: int, delay: float) -> Plan:
         plan.append(Pause(None))
     elif strategy.preview:
         plan.append(Pause(strategy.preview))
-    plan += [SetWeight(100), Promote(delay)]
+    plan.append(SetWeight(100))
+    if delay > 0:
+        # The warm period belongs to the rollout: the judge keeps watching, and a rollback
+        # in it is a weight change back to the old release, still running at full size.
+        plan.append(Pause(delay))
+    plan.append(Promote(0.0))
     return tuple(plan)
 
 
