@@ -112,6 +112,7 @@ class Engine:
         self._lock = asyncio.Lock()
         self._adopted = False
         self._stopping = False
+        self._forgotten_at = 0.0
 
     # -- commands ----------------------------------------------------------------------
 
@@ -237,6 +238,11 @@ class Engine:
                 await self.router.ensure(self._routes())
             except DriverError as exc:
                 log.warning("router: %s", exc)
+            now = self.clock()
+            if now - self._forgotten_at > 60:
+                # Ended instances are kept an hour for `status` and debugging, then dropped.
+                self.store.forget_instances(before=now - 3600)
+                self._forgotten_at = now
             for name in self.spec.services:
                 await self._read_metrics(name)
                 rollout = self.store.active_rollout(name)
