@@ -408,6 +408,15 @@ def demo(
     raise typer.Exit(code)
 
 
+def _register_audit() -> None:
+    from canarist.cli.audit import audit
+
+    app.command(help="Immutability findings for an AWS account (exit 1 when any).")(audit)
+
+
+_register_audit()
+
+
 def main() -> None:
     """Console entry point."""
     try:
