@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,9 +41,9 @@ from canarist.domain.rollout import (
 )
 from canarist.domain.spec import DeploymentSpec, ServiceSpec
 from canarist.domain.strategies import compile_plan, override
-from canarist.errors import BadInput, DriverError, RolloutInProgress
-from canarist.metrics.base import Metrics, ReleaseWindow
-from canarist.platforms.base import Instance, Platform
+from canarist.errors import BadInput, CanaristError, DriverError, RolloutInProgress
+from canarist.metrics.base import AlarmSource, BindsTargets, Metrics, ReleaseWindow
+from canarist.platforms.base import GroupPlatform, Instance, Platform
 from canarist.routers.base import Member, Router, RouteTable, ServiceRoute
 from canarist.store.records import InstanceRecord, ServiceState
 from canarist.store.sqlite import SQLiteStore
@@ -71,7 +71,18 @@ class _ServiceRuntime:
     last_start_error: dict[str, str] = field(default_factory=dict)
     window: dict[str, ReleaseWindow] = field(default_factory=dict)  # latest metrics snapshot
     watch: Watch | None = None  # the running rollout's analysis
+    targets: dict[str, str] = field(default_factory=dict)  # group mode: release -> target
+    healthy: dict[str, int] = field(default_factory=dict)  # group mode: release -> healthy
     last_analysis: dict[str, Any] | None = None  # of the last rollout that ended
+
+
+@dataclass(frozen=True)
+class GroupDrivers:
+    """The drivers of a service whose releases run as groups sized by the provider (AWS)."""
+
+    platform: GroupPlatform
+    router: Router
+    metrics: Metrics | None = None
 
 
 class Catalog(Protocol):
@@ -96,6 +107,7 @@ class Engine:
         catalog: Catalog,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        groups: Mapping[str, GroupDrivers] | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -104,6 +116,9 @@ class Engine:
         self.catalog = catalog
         self.clock = clock
         self.metrics = metrics
+        # Services run by group platforms; every other service runs on `platform`/`router`.
+        self.groups: dict[str, GroupDrivers] = dict(groups or {})
+        self._ensured: set[str] = set()
         self._runtime: dict[str, _ServiceRuntime] = {
             name: _ServiceRuntime() for name in spec.services
         }
@@ -248,7 +263,10 @@ class Engine:
                 rollout = self.store.active_rollout(name)
                 if rollout is not None:
                     await self._advance(rollout)
-                await self._reconcile(name)
+                if name in self.groups:
+                    await self._reconcile_group(name)
+                else:
+                    await self._reconcile(name)
 
     async def run(self, stop: asyncio.Event, interval: float = 0.1) -> None:
         """Tick until `stop` is set."""
@@ -281,11 +299,15 @@ class Engine:
 
     # -- rollouts ----------------------------------------------------------------------
 
+    def _metrics(self, name: str) -> Metrics | None:
+        return self.groups[name].metrics if name in self.groups else self.metrics
+
     async def _read_metrics(self, name: str) -> None:
-        if self.metrics is None:
+        metrics = self._metrics(name)
+        if metrics is None:
             return
         try:
-            self._runtime[name].window = await self.metrics.snapshot(name)
+            self._runtime[name].window = await metrics.snapshot(name)
         except DriverError as exc:
             log.warning("%s: metrics: %s", name, exc)
 
@@ -298,9 +320,10 @@ class Engine:
         if watch is None or watch.rollout_id != rollout.id:
             if state.weights.get(rollout.release, 0) <= 0 or rollout.previous is None:
                 return None  # no canary traffic yet, or nothing to compare with
-            if self.metrics is not None:
+            metrics = self._metrics(rollout.service)
+            if metrics is not None:
                 try:
-                    await self.metrics.reset(rollout.service)
+                    await metrics.reset(rollout.service)
                 except DriverError as exc:
                     log.warning("%s: metrics reset: %s", rollout.service, exc)
                     return None
@@ -328,7 +351,22 @@ class Engine:
                 },
                 rollout.id,
             )
-        return watch.rollback_reason(svc.analysis)
+        reason = watch.rollback_reason(svc.analysis)
+        if reason is None and svc.analysis.alarms:
+            reason = await self._alarm_reason(rollout.service, svc.analysis.alarms)
+        return reason
+
+    async def _alarm_reason(self, service: str, names: Sequence[str]) -> str | None:
+        """A reason when any of the named alarms is in ALARM (needs an alarm source)."""
+        metrics = self._metrics(service)
+        if not isinstance(metrics, AlarmSource):
+            return None
+        try:
+            firing = await metrics.alarms_firing(list(names))
+        except CanaristError as exc:  # an unknown alarm name too: logged, never a crash
+            log.warning("%s: alarms: %s", service, exc)
+            return None
+        return f"alarm in ALARM: {', '.join(firing)}" if firing else None
 
     async def _advance(self, rollout: Rollout) -> None:
         """Move the rollout on when its current step is complete."""
@@ -468,6 +506,8 @@ class Engine:
         return rollout.release if role == "canary" else rollout.previous
 
     def _scaled(self, service: str, release: str, count: int) -> bool:
+        if service in self.groups:
+            return self._runtime[service].healthy.get(release, -1) == count
         records = [r for r in self.store.instances(service) if r.release == release]
         running = [r for r in records if r.state == "running"]
         others = [r for r in records if r.state != "running"]
@@ -513,6 +553,61 @@ class Engine:
         for record in records:
             if record.state == "stopping" and record.id not in self._tasks:
                 self._spawn(record.id, self._stop_record(record, svc.stop_grace))
+
+    async def _reconcile_group(self, name: str) -> None:
+        """Converge a group-run service: size each release's group, route, retire the idle."""
+        svc = self.spec.services[name]
+        drivers = self.groups[name]
+        runtime = self._runtime[name]
+        state = self.store.service(name)
+        self._retire_warm(state, self.clock())
+        try:
+            if name not in self._ensured:
+                await drivers.router.ensure([self._route(svc)])
+                self._ensured.add(name)
+            for release, want in sorted(state.counts.items()):
+                if want > 0 and release not in runtime.targets:
+                    target = await drivers.platform.prepare(release)
+                    runtime.targets[release] = target
+                    if isinstance(drivers.metrics, BindsTargets):
+                        drivers.metrics.bind(name, release, target)
+                if release in runtime.targets:
+                    await drivers.platform.scale(release, want)
+                    runtime.healthy[release] = await drivers.platform.healthy_count(release)
+        except DriverError as exc:
+            log.warning("%s: platform: %s", name, exc)
+            runtime.last_start_error[state.canary or ""] = str(exc)
+            return
+        targets = {r: t for r, t in runtime.targets.items() if r in state.weights}
+        table = RouteTable(
+            members=(), weights=dict(state.weights), canary=state.canary, targets=targets
+        )
+        try:
+            await drivers.router.apply(name, table)
+            runtime.applied_weights = dict(state.weights)
+        except DriverError as exc:
+            runtime.applied_weights = None
+            log.warning("%s: router apply failed: %s", name, exc)
+            return
+        # Only once traffic has left them: a group still routed to cannot be removed.
+        for release, want in list(state.counts.items()):
+            if (
+                want == 0
+                and state.weights.get(release, 0) == 0
+                and release not in (state.stable, state.canary)
+            ):
+                try:
+                    await drivers.platform.retire(release)
+                except DriverError as exc:
+                    log.warning("%s: retire %s: %s", name, release, exc)
+                    continue
+                state.counts.pop(release, None)
+                runtime.targets.pop(release, None)
+                runtime.healthy.pop(release, None)
+                if isinstance(drivers.metrics, BindsTargets):
+                    drivers.metrics.unbind(name, release)
+                self.store.save_service(state)
+                self.store.record(name, "release.retired", {"release": release})
 
     def _retire_warm(self, state: ServiceState, now: float) -> None:
         due = [r for r, at in state.retire_at.items() if at <= now]
@@ -683,21 +778,19 @@ class Engine:
             return "/healthz"
 
     def _routes(self) -> list[ServiceRoute]:
-        routes = []
-        for svc in self.spec.services.values():
-            host, port = svc.listen_address()
-            routes.append(
-                ServiceRoute(
-                    name=svc.name,
-                    listen_host=host,
-                    listen_port=port,
-                    slots=svc.slot_count(),
-                    health_path=svc.health.path or self._route_health(svc.name),
-                    sticky=svc.sticky,
-                    canary_header=svc.canary_header,
-                )
-            )
-        return routes
+        return [self._route(s) for s in self.spec.services.values() if s.name not in self.groups]
+
+    def _route(self, svc: ServiceSpec) -> ServiceRoute:
+        host, port = svc.listen_address()
+        return ServiceRoute(
+            name=svc.name,
+            listen_host=host,
+            listen_port=port,
+            slots=svc.slot_count(),
+            health_path=svc.health.path or self._route_health(svc.name),
+            sticky=svc.sticky,
+            canary_header=svc.canary_header,
+        )
 
     def _route_health(self, name: str) -> str:
         state = self.store.service(name)

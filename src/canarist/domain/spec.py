@@ -123,6 +123,7 @@ class AnalysisSpec(_Model):
     no_data: Literal["wait", "pause", "fail"] = "wait"
     max_failed_requests: int | None = Field(default=None, ge=1)  # canary failures budget
     max_instance_failures: int = Field(default=3, ge=1)  # canary instances lost, then rollback
+    alarms: list[str] = Field(default_factory=list)  # any of these in ALARM rolls back
 
     @model_validator(mode="after")
     def _known_judge(self) -> AnalysisSpec:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,22 @@ class Metrics(Protocol):
 
     async def reset(self, service: str) -> None:
         """Start a new window for every release of the service, from this moment."""
+
+
+@runtime_checkable
+class BindsTargets(Protocol):
+    """A provider that must be told what each release is on the provider (CloudWatch)."""
+
+    def bind(self, service: str, release: str, dimension_value: str) -> None:
+        """Measure `release` by this target (a target group ARN, a Lambda version)."""
+
+    def unbind(self, service: str, release: str) -> None:
+        """Stop measuring a release that is gone."""
+
+
+@runtime_checkable
+class AlarmSource(Protocol):
+    """A provider whose alarms can trigger a rollback (CloudWatch)."""
+
+    async def alarms_firing(self, names: list[str]) -> list[str]:
+        """The named alarms that are in ALARM now."""

@@ -1,7 +1,7 @@
 """EC2 Auto Scaling as a platform: each release runs as its own group behind its own target group.
 
 AWS sizes instances by the group, so this platform works by groups, not instance by
-instance, through a small protocol of its own (`GroupPlatform`):
+instance, through the `GroupPlatform` protocol of `platforms/base.py`:
 
 - `prepare(release)` makes, idempotently, everything the release runs on: one version
   of the service's launch template (the release's AMI, and user data that fetches the
@@ -46,7 +46,7 @@ import re
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -84,29 +84,6 @@ _TARGET_GROUP_NAME_MAX = 32
 _KEY_PAIR_KEYS = ("key_name", "key_pair", "keyname", "KeyName")
 _LT_NOT_FOUND = "InvalidLaunchTemplateName.NotFoundException"
 _LT_EXISTS = "InvalidLaunchTemplateName.AlreadyExistsException"
-
-
-class GroupPlatform(Protocol):
-    """Runs a release as one group of instances, sized as a whole. Every call is idempotent."""
-
-    async def prepare(self, release: str) -> str:
-        """Make the release's group ready at size 0; return what a router points at for it.
-
-        Raises UnknownRelease / TamperedRelease (the artifact store's) before creating
-        anything, ConfigError when the settings cannot run it.
-        """
-
-    async def scale(self, release: str, count: int) -> None:
-        """Set the release's group to `count` instances; 0 keeps the group, empty."""
-
-    async def healthy_count(self, release: str) -> int:
-        """How many of the release's instances are in service and pass the health check."""
-
-    async def retire(self, release: str) -> None:
-        """Remove the release's group, its instances and whatever `prepare` made for it alone.
-
-        Retiring a release already retired, or never prepared, is not an error.
-        """
 
 
 class AutoScalingSettings(BaseModel):

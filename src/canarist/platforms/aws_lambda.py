@@ -61,6 +61,7 @@ class LambdaPlatform:
         self.prefix = prefix.strip("/")
         self.poll = poll
         self.client: LambdaClient = session.client("lambda")
+        self._sizes: dict[str, int] = {}
 
     @staticmethod
     def description(release: str) -> str:
@@ -81,6 +82,24 @@ class LambdaPlatform:
                 "set the bucket, or hand the zip over"
             )
         return await asyncio.to_thread(self._prepare, release, zip_file)
+
+    # Lambda runs as many copies as requests need: a group's "size" is only what the
+    # controller asked for, and a published version is as healthy as it will get.
+
+    async def scale(self, release: str, count: int) -> None:
+        """Remember the size asked for; Lambda sizes itself."""
+        self._sizes[parse_reference(release)] = count
+
+    async def healthy_count(self, release: str) -> int:
+        """The size asked for, once the release's version is published (0 before)."""
+        release = parse_reference(release)
+        if await self.version_of(release) is None:
+            return 0
+        return self._sizes.get(release, 0)
+
+    async def retire(self, release: str) -> None:
+        """Nothing to remove: published versions stay, a record of what ran."""
+        self._sizes.pop(parse_reference(release), None)
 
     async def version_of(self, release: str) -> str | None:
         """The version published for the release, or None."""

@@ -56,3 +56,25 @@ class Platform(Protocol):
 
         Stopping an instance that is already gone is not an error.
         """
+
+
+class GroupPlatform(Protocol):
+    """Runs a release as one group sized as a whole (an Auto Scaling group, a Lambda
+    version): the provider starts, checks and replaces the instances itself. Every call
+    is idempotent."""
+
+    async def prepare(self, release: str) -> str:
+        """Make the release's group ready at size 0; return what a router points at for it
+        (a target group ARN, a Lambda version).
+
+        Raises UnknownRelease / TamperedRelease before creating anything.
+        """
+
+    async def scale(self, release: str, count: int) -> None:
+        """Set the release's group to `count` instances; 0 keeps the group, empty."""
+
+    async def healthy_count(self, release: str) -> int:
+        """How many of the release's instances are in service and healthy."""
+
+    async def retire(self, release: str) -> None:
+        """Remove the release's group and what `prepare` made for it alone (idempotent)."""
