@@ -60,12 +60,12 @@ class Canarist:
         return int(json.loads((self.root / ".canarist" / "controller.json").read_text())["pid"])
 
     def wait_for(
-        self, predicate: Any, timeout: float = 60, what: str = "condition"
+        self, predicate: Any, timeout: float = 60, what: str = "condition", service: str = "web"
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            status = self.status()
+            status = self.status(service)
             if predicate(status):
                 return status
             time.sleep(0.2)

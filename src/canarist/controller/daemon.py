@@ -21,6 +21,7 @@ from aiohttp import web
 
 from canarist.controller.api import make_app
 from canarist.controller.engine import Engine, _ServiceRuntime
+from canarist.controller.providers import group_drivers
 from canarist.domain.spec import DeploymentSpec, parse_spec
 from canarist.errors import ConfigError, ControllerUnavailable
 from canarist.home import Home
@@ -76,7 +77,10 @@ async def serve(home: Home) -> None:
     platform = LocalPlatform(home.root, artifacts)
     router = HAProxyRouter(home.haproxy, log_target=log_target(home.haproxy))
     metrics = HAProxyMetrics(router)
-    engine = Engine(spec, store, platform, router, StoreCatalog(artifacts), metrics=metrics)
+    groups = group_drivers(spec)
+    engine = Engine(
+        spec, store, platform, router, StoreCatalog(artifacts), metrics=metrics, groups=groups
+    )
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -100,11 +104,14 @@ async def serve(home: Home) -> None:
     # `canarist up` adopts them. `canarist down` asks for everything to stop through the API.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    await metrics.start()
+    sources = [metrics, *(d.metrics for d in groups.values() if d.metrics is not None)]
+    for source in sources:
+        await source.start()
     try:
         await engine.run(stop)
     finally:
-        await metrics.stop()
+        for source in sources:
+            await source.stop()
         with contextlib.suppress(FileNotFoundError):
             home.endpoint.unlink()
         await runner.cleanup()
@@ -166,7 +173,7 @@ def running_pid(home: Home) -> int | None:
 
 def start_background(home: Home, timeout: float = 15.0) -> int:
     """Start the controller detached, wait until its API answers; returns its PID."""
-    load_spec(home.config)  # a malformed spec is bad input: refuse before starting anything
+    group_drivers(load_spec(home.config))  # a malformed spec is bad input: refuse it now
     home.logs.mkdir(parents=True, exist_ok=True)
     ensure_token(home)
     with contextlib.suppress(FileNotFoundError):

@@ -816,7 +816,7 @@ class Engine:
             phase = rollout.phase
         elif state.stable is None:
             phase = "empty"
-        elif sum(1 for r in running if r.release == state.stable) < svc.instances:
+        elif self._serving(name, state.stable, running) < svc.instances:
             phase = "degraded"
         else:
             phase = "stable"
@@ -843,7 +843,8 @@ class Engine:
             "step": _step_info(rollout, self.clock()) if rollout else None,
             "rollout": _rollout_json(rollout) if rollout else None,
             "analysis": analysis,
-            "endpoint": f"http://{host}:{port}/",
+            # A service on AWS is reached through AWS (its record, load balancer, alias).
+            "endpoint": None if name in self.groups else f"http://{host}:{port}/",
             "instances": [
                 {"id": r.id, "release": r.release, "state": r.state, "port": r.port, "pid": r.pid}
                 for r in records
@@ -855,6 +856,11 @@ class Engine:
             },
             "warm": {release: at for release, at in state.retire_at.items()},
         }
+
+    def _serving(self, name: str, release: str, running: list[InstanceRecord]) -> int:
+        if name in self.groups:
+            return self._runtime[name].healthy.get(release, 0)
+        return sum(1 for r in running if r.release == release)
 
     def history(self, service: str, limit: int = 50) -> list[dict[str, Any]]:
         """Past and current rollouts of a service, newest first."""

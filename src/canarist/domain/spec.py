@@ -143,6 +143,9 @@ class ServiceSpec(_Model):
     health: HealthSpec = Field(default_factory=HealthSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    # Run on AWS instead of this machine: platform, router, metrics and their settings
+    # (checked by the drivers when the controller builds them).
+    aws: dict[str, Any] | None = None
     sticky: bool = False
     canary_header: str | None = "X-Canarist-Canary"
     drain_timeout: Seconds = 10.0
@@ -200,6 +203,8 @@ class DeploymentSpec(_Model):
     def _distinct_listeners(self) -> DeploymentSpec:
         seen: dict[tuple[str, int], str] = {}
         for name, service in self.services.items():
+            if service.aws is not None:
+                continue  # served by AWS, not by a listener on this machine
             address = service.listen_address()
             if address in seen:
                 raise ValueError(
