@@ -476,3 +476,87 @@ def test_the_user_data_refuses_a_tampered_release(
     assert result.returncode != 0
     assert not (tmp_path / "instance" / "started").exists()
     assert not (tmp_path / "instance" / "installed" / reference_hex(ref)).exists()
+
+
+# -- the controller's engine on Auto Scaling behind an ALB ------------------------------------
+
+
+async def test_the_engine_runs_a_canary_on_groups_behind_an_alb(
+    aws: Any,
+    platform: AutoScalingPlatform,
+    settings: dict[str, Any],
+    releases: tuple[LocalArtifactStore, str, str],
+    tmp_path: Path,
+) -> None:
+    """v1 → v2 as a canary through the engine: group sizes and listener weights read back
+    through boto3 after every step, then v1's group retired."""
+    import asyncio
+
+    from canarist.controller.engine import Engine, GroupDrivers
+    from canarist.domain.spec import parse_spec
+    from canarist.routers.alb import AlbRouter, AlbService, AlbSettings
+    from canarist.store.sqlite import SQLiteStore
+    from canarist.testing import FakeCatalog, FakeClock, FakePlatform, FakeRouter
+
+    _, v1, v2 = releases
+    elb = aws.client("elbv2")
+    lb = elb.create_load_balancer(Name="web", Subnets=settings["subnets"], Type="application")
+    listener = elb.create_listener(
+        LoadBalancerArn=lb["LoadBalancers"][0]["LoadBalancerArn"],
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503"}}],
+    )["Listeners"][0]["ListenerArn"]
+    router = AlbRouter(aws, AlbSettings(services={"web": AlbService(listener_arn=listener)}))
+    catalog = FakeCatalog({v1: "/healthz", v2: "/healthz"})
+    clock = FakeClock()
+    spec = parse_spec(
+        "services:\n  web:\n    instances: 2\n    analysis: {judge: none}\n"
+        "    strategy: {steps: [{set_weight: 10}, {pause: manual}, {set_weight: 50},"
+        " {pause: manual}], scale_down_delay: 0s}\n"
+        "    aws: {platform: autoscaling, router: alb}\n"
+    )
+    engine = Engine(
+        spec,
+        SQLiteStore(tmp_path / "state.db"),
+        FakePlatform(catalog),
+        FakeRouter(),
+        catalog,
+        clock,
+        groups={"web": GroupDrivers(platform, router)},
+    )
+
+    async def settle(ticks: int = 6) -> None:
+        for _ in range(ticks):
+            await engine.tick()
+            await asyncio.sleep(0)
+            clock.advance(1)
+
+    def weights() -> dict[str, int]:
+        actions = elb.describe_listeners(ListenerArns=[listener])["Listeners"][0]["DefaultActions"]
+        config = actions[0]["ForwardConfig"]["TargetGroups"]
+        by_arn = {tg["TargetGroupArn"]: tg["Weight"] for tg in config}
+        names = {platform.target_group_name(r): r for r in (v1, v2)}
+        found = elb.describe_target_groups(TargetGroupArns=list(by_arn))["TargetGroups"]
+        return {names[tg["TargetGroupName"]]: by_arn[tg["TargetGroupArn"]] for tg in found}
+
+    await engine.deploy("web", v1)
+    await settle()
+    assert engine.status("web")[0]["stable"] == v1
+    assert sizes(aws, platform, v1) == (2,)
+    assert weights() == {v1: 100}
+
+    await engine.deploy("web", v2)
+    await settle()
+    assert sizes(aws, platform, v1, v2) == (2, 2)
+    assert weights() == {v1: 90, v2: 10}
+    await engine.promote("web")
+    await settle()
+    assert weights() == {v1: 50, v2: 50}
+    await engine.promote("web")
+    await settle()
+    assert weights() == {v2: 100}
+    status = engine.status("web")[0]
+    assert (status["stable"], status["phase"]) == (v2, "stable")
+    groups = aws.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert [g["AutoScalingGroupName"] for g in groups] == [platform.group_name(v2)]
