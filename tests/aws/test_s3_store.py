@@ -134,3 +134,33 @@ def test_a_locally_tampered_release_is_not_pushed(
     with pytest.raises(TamperedRelease):
         s3store.push(store, ref)
     assert s3store.list() == []
+
+
+def test_canarist_push_uploads_a_release_by_label(
+    aws: Any, moto_endpoint: str, tmp_path: Path
+) -> None:
+    """`canarist push v1 --bucket B` uploads the local release; a second push uploads nothing."""
+    from tests.e2e.harness import Canarist
+
+    aws.client("s3").create_bucket(
+        Bucket="pushed", CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    cli = Canarist(tmp_path, 0)
+    cli.env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": moto_endpoint,
+        }
+    )
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "server.py").write_text("print('hi')\n")
+    (app / "pyproject.toml").write_text('[tool.canarist.app]\ncommand = ["python", "server.py"]\n')
+    ref = cli("build", str(app), "--label", "v1").stdout.strip().splitlines()[-1]
+    first = cli("push", "v1", "--bucket", "pushed")
+    assert "pushed" in first.stdout
+    assert S3ArtifactStore(aws, "pushed").list() == [ref]
+    assert "already in" in cli("push", "v1", "--bucket", "pushed").stdout
+    assert cli("push", "nope", "--bucket", "pushed", check=False).code == 2

@@ -121,6 +121,23 @@ def _release_json(release: Any) -> dict[str, Any]:
     }
 
 
+@app.command()
+def push(
+    release: Annotated[str, typer.Argument(help="sha256:..., a unique prefix, or a label.")],
+    bucket: Annotated[str, typer.Option(help="The S3 bucket of the artifact store.")],
+    prefix: Annotated[str, typer.Option(help="Key prefix in the bucket.")] = "releases",
+    region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Upload a release to the S3 artifact store (AWS platforms fetch it by digest)."""
+    from canarist.releases.s3 import push_release
+
+    with handled():
+        home = Home.for_artifacts(config)
+        pushed, ref = push_release(home.artifacts, home.venvs, release, bucket, prefix, region)
+    out.print(f"{'pushed' if pushed else 'already in'} s3://{bucket}/{prefix}: {short(ref)}")
+
+
 # -- controller ------------------------------------------------------------------------
 
 

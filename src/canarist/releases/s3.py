@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from canarist.aws.clients import aws_call
+from canarist.aws.clients import aws_call, session
 from canarist.domain.release import (
     REFERENCE_PREFIX,
     Manifest,
@@ -204,3 +204,14 @@ def _file_sha256(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def push_release(
+    artifacts: Path, venvs: Path, release: str, bucket: str, prefix: str, region: str | None
+) -> tuple[bool, str]:
+    """Push a release of the local store at `artifacts` to S3; (uploaded?, reference)."""
+    local = LocalArtifactStore(artifacts, venv_root=venvs)
+    ref = local.resolve(release)
+    with aws_call(f"push {ref} to s3://{bucket}/{prefix}"):
+        store = S3ArtifactStore(session(region=region), bucket, prefix)
+    return store.push(local, ref), ref
