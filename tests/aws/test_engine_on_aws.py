@@ -146,3 +146,57 @@ async def test_a_rollback_on_a_lambda_alias(world: AwsWorld) -> None:
     assert ended.phase == "rolled_back"
     await world.settle()
     assert world.alias() == (v1, {})
+
+
+async def test_a_canary_on_route53_weighted_records(aws: Any, tmp_path: Path) -> None:
+    """Releases deployed elsewhere, one weighted record each: records read back per step."""
+    from canarist.platforms.external import ExternalPlatform
+    from canarist.routers.route53 import Route53Router, Route53Service, Route53Settings
+
+    zone = aws.client("route53").create_hosted_zone(Name="example.com", CallerReference="t")
+    zone_id = zone["HostedZone"]["Id"].split("/")[-1]
+    catalog = FakeCatalog()
+    v1, v2 = catalog.add("v1"), catalog.add("v2")
+    platform = ExternalPlatform({v1: "blue.example.com", v2[:20]: "green.example.com"})
+    router = Route53Router(
+        aws,
+        Route53Settings(
+            services={"api": Route53Service(hosted_zone_id=zone_id, record_name="api.example.com")}
+        ),
+    )
+    clock = FakeClock()
+    engine = Engine(
+        parse_spec(SPEC),
+        SQLiteStore(tmp_path / "state.db"),
+        FakePlatform(catalog),
+        FakeRouter(),
+        catalog,
+        clock,
+        groups={"api": GroupDrivers(platform, router)},
+    )
+
+    async def settle(ticks: int = 4) -> None:
+        for _ in range(ticks):
+            await engine.tick()
+            await asyncio.sleep(0)
+            clock.advance(0.5)
+
+    def records() -> dict[str, int]:
+        found = aws.client("route53").list_resource_record_sets(HostedZoneId=zone_id)
+        return {
+            r["ResourceRecords"][0]["Value"]: r["Weight"]
+            for r in found["ResourceRecordSets"]
+            if r["Name"] == "api.example.com." and r["Type"] == "CNAME"
+        }
+
+    await engine.deploy("api", v1)
+    await settle()
+    assert records() == {"blue.example.com": 100}
+    await engine.deploy("api", v2)
+    await settle()
+    assert records() == {"blue.example.com": 90, "green.example.com": 10}
+    await settle(12)
+    assert records() == {"blue.example.com": 50, "green.example.com": 50}
+    await engine.promote("api")
+    await settle()
+    assert records() == {"green.example.com": 100}

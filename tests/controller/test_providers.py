@@ -44,7 +44,7 @@ def test_two_aws_services_need_no_distinct_listeners() -> None:
     [
         (
             ("platform: lambda", "platform: k8s"),
-            "unknown platform 'k8s' (valid: autoscaling, lambda)",
+            "unknown platform 'k8s' (valid: autoscaling, external, lambda)",
         ),
         (("router: lambda-alias", "router: nginx"), "unknown router 'nginx' (valid: alb,"),
         (("      lambda_alias: {function_name: checkout, alias: live}\n", ""), "lambda_alias"),

@@ -68,6 +68,18 @@ def _lambda(service: str, aws: Section, session: Any) -> GroupPlatform:
     )
 
 
+def _external(service: str, aws: Section, session: Any) -> GroupPlatform:
+    from canarist.platforms.external import ExternalPlatform
+
+    data = _section(aws, "external", service)
+    targets = data.get("targets")
+    if not isinstance(targets, dict) or set(data) - {"targets"}:
+        raise ConfigError(
+            f"services.{service}.aws.external: expected {{targets: {{release: target}}}}"
+        )
+    return ExternalPlatform(targets)
+
+
 # -- routers -----------------------------------------------------------------------------
 
 
@@ -130,6 +142,7 @@ def _no_metrics(service: str, aws: Section, session: Any) -> Metrics | None:
 
 PLATFORMS: dict[str, Callable[[str, Section, Any], GroupPlatform]] = {
     "autoscaling": _autoscaling,
+    "external": _external,
     "lambda": _lambda,
 }
 ROUTERS: dict[str, Callable[[str, Section, Any], Router]] = {
