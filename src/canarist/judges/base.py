@@ -12,7 +12,7 @@ its test needs (interval boundaries, running likelihood ratios) between observat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Protocol
 
@@ -106,9 +106,12 @@ class Counts:
 
     def advance(self, sample: Sample) -> tuple[int, int]:
         """Increments (requests, failures) since the previous sample; adds them to the totals."""
-        requests = _increment(self._last_requests, sample.requests)
-        failures = _increment(self._last_failures, sample.failures)
-        self._last_requests, self._last_failures = sample.requests, sample.failures
+        now_requests, now_failures = sample.requests, sample.failures
+        requests = now_requests - self._last_requests
+        failures = now_failures - self._last_failures
+        if requests < 0 or failures < 0:  # the counters restarted: count from zero
+            requests, failures = max(now_requests, 0), max(now_failures, 0)
+        self._last_requests, self._last_failures = now_requests, now_failures
         # A failure is a request, even if a counter reports it first (connection errors).
         requests = max(requests, failures)
         self.requests += requests
@@ -121,10 +124,6 @@ class Counts:
         return self.failures / self.requests if self.requests else 0.0
 
 
-def _increment(last: int, now: int) -> int:
-    return now - last if now >= last else max(now, 0)
-
-
 class LatencyHistogram:
     """Latencies of one release in log-spaced buckets: O(1) per sample, quantiles within 1 %.
 
@@ -133,18 +132,21 @@ class LatencyHistogram:
     """
 
     _WIDTH = math.log(1.02)
+    _FLOOR_MS = 0.01  # smaller values share the lowest bucket
 
     def __init__(self) -> None:
         self.count = 0
         self._buckets: dict[int, int] = {}
 
-    def extend(self, values: Iterable[float]) -> None:
-        """Count more samples (values at or below 0.01 ms share the lowest bucket)."""
-        buckets, width = self._buckets, self._WIDTH
+    def extend(self, values: Sequence[float]) -> None:
+        """Count more samples."""
+        buckets, log = self._buckets, math.log
+        # Scaled so that every index is >= 0 and int() is the floor.
+        scale, per_bucket, floor = 1 / self._FLOOR_MS, 1 / self._WIDTH, self._FLOOR_MS
         for value in values:
-            index = math.floor(math.log(max(value, 0.01)) / width)
+            index = int(log(max(value, floor) * scale) * per_bucket)
             buckets[index] = buckets.get(index, 0) + 1
-            self.count += 1
+        self.count += len(values)
 
     def quantile(self, q: float) -> float:
         """The q-quantile, as the geometric middle of its bucket (NaN when empty)."""
@@ -160,7 +162,7 @@ class LatencyHistogram:
         for index in sorted(buckets):
             seen += buckets[index]
             while seen > ranks[wanted]:
-                found.append(math.exp((index + 0.5) * self._WIDTH))
+                found.append(math.exp((index + 0.5) * self._WIDTH) * self._FLOOR_MS)
                 wanted += 1
                 if wanted == len(ranks):
                     return found

@@ -9,9 +9,9 @@ Every `interval` (60 s by default) it tests everything seen so far (the most rec
   (Lehmann, Nonparametrics, 1975, ch. 1). It fails when p < 1 - confidence *and* the
   canary's median is at least `min_effect` times the baseline's: with enough samples any
   difference is significant, and Kayenta likewise requires a minimum effect size;
-- errors: a one-sided two-proportion z-test on the error rates (pooled variance), which
-  fails when p < 1 - confidence and the canary's rate exceeds the baseline's by at least
-  `error_margin`.
+- errors: a one-sided two-proportion test on the error rates (Fisher's exact test, which
+  stays honest with a handful of failures), which fails when p < 1 - confidence and the
+  canary's rate exceeds the baseline's by at least `error_margin`.
 
 It passes after `pass_intervals` evaluations with enough data and no failure. Like
 Kayenta, it does not correct for testing again at every interval, so its false-rollback
@@ -20,8 +20,9 @@ rate grows with the number of evaluations; the sequential judge is built for tha
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from pydantic import Field
@@ -58,7 +59,7 @@ class MannWhitneySettings(JudgeSettings):
     """Latency samples each release needs before latencies are tested."""
     min_requests: int = Field(default=100, ge=1)
     """Canary requests needed before error rates are tested."""
-    max_samples: int = Field(default=5000, ge=100)
+    max_samples: int = Field(default=2000, ge=100)
     """Most recent latency samples kept per release."""
     pass_intervals: int = Field(default=3, ge=1)
     """Evaluations with enough data and no failure that pass the analysis."""
@@ -130,22 +131,24 @@ class MannWhitneyAnalysis:
         problems: list[str] = []
         if enough_latency:
             test = mann_whitney_u(canary, baseline)
-            ratio = _median(canary) / _median(baseline) if _median(baseline) > 0 else math.inf
             figures |= {"u": test.u, "z": test.z, "latency_p_value": test.p_value}
-            figures["median_ratio"] = ratio
+            # Logs count whole milliseconds: a fast baseline's median can be 0.
+            ratio = _median(canary) / _median(baseline) if _median(baseline) > 0 else math.inf
+            if math.isfinite(ratio):
+                figures["median_ratio"] = ratio
             if test.p_value < alpha and ratio >= s.min_effect:
                 problems.append(
                     f"canary slower: median {_median(canary):.0f} ms vs "
                     f"{_median(baseline):.0f} ms (x{ratio:.2f}), p = {test.p_value:.2g}"
                 )
         if enough_requests:
-            z, p = two_proportion_test(
+            p = error_rate_test(
                 self._canary.failures,
                 self._canary.requests,
                 self._baseline.failures,
                 self._baseline.requests,
             )
-            figures |= {"error_z": z, "error_p_value": p}
+            figures["error_p_value"] = p
             excess = self._canary.rate - self._baseline.rate
             if p < alpha and excess >= s.error_margin:
                 problems.append(
@@ -189,25 +192,17 @@ class RankTest:
 def mann_whitney_u(first: list[float], second: list[float]) -> RankTest:
     """One-sided Mann-Whitney U test that `first` is stochastically larger than `second`.
 
-    Mid-ranks for ties, tie-corrected variance, continuity correction, normal
-    approximation (good from about 8 samples a side; callers ask for more).
+    U counts the pairs where `first` is larger, ties counting one half (mid-ranks);
+    the variance is tie-corrected and the normal approximation continuity-corrected
+    (good from about 8 samples a side; callers ask for more). `second` must be sorted.
     """
     n1, n2 = len(first), len(second)
-    merged = sorted([(value, 0) for value in first] + [(value, 1) for value in second])
+    u = 0.0
+    for value in first:
+        below = bisect.bisect_left(second, value)
+        u += below + (bisect.bisect_right(second, value, lo=below) - below) / 2
     total = n1 + n2
-    rank_sum = 0.0
-    tie_term = 0.0
-    i = 0
-    while i < total:
-        value, j, from_first = merged[i][0], i, 0
-        while j < total and merged[j][0] == value:
-            from_first += merged[j][1] == 0
-            j += 1
-        ties = j - i
-        rank_sum += (i + 1 + j) / 2 * from_first  # a tied group shares the mid-rank
-        tie_term += ties**3 - ties
-        i = j
-    u = rank_sum - n1 * (n1 + 1) / 2
+    tie_term = sum(t**3 - t for t in Counter(first + second).values() if t > 1)
     mean = n1 * n2 / 2
     variance = n1 * n2 / 12 * ((total + 1) - tie_term / (total * (total - 1)))
     if variance <= 0:
@@ -216,16 +211,27 @@ def mann_whitney_u(first: list[float], second: list[float]) -> RankTest:
     return RankTest(u, z, normal_sf(z))
 
 
-def two_proportion_test(
-    failures_1: int, requests_1: int, failures_2: int, requests_2: int
-) -> tuple[float, float]:
-    """One-sided z-test that rate 1 exceeds rate 2, pooled variance: (z, p-value)."""
-    pooled = (failures_1 + failures_2) / (requests_1 + requests_2)
-    variance = pooled * (1 - pooled) * (1 / requests_1 + 1 / requests_2)
-    if variance <= 0:
-        return 0.0, 1.0  # no failure anywhere (or only failures): nothing to compare
-    z = (failures_1 / requests_1 - failures_2 / requests_2) / math.sqrt(variance)
-    return z, normal_sf(z)
+def error_rate_test(failures_1: int, requests_1: int, failures_2: int, requests_2: int) -> float:
+    """One-sided p-value that rate 1 exceeds rate 2: Fisher's exact test of the 2x2 table.
+
+    Given the f failures in all, release 1's share x of them is hypergeometric when the
+    rates are equal; p = P(X >= x). Exact at any count, unlike the normal approximation
+    of the z-test, which is too quick to reject with a handful of failures (Fisher 1935,
+    The Design of Experiments, the lady tasting tea).
+    """
+    f = failures_1 + failures_2
+    low, high = max(0, f - requests_2), min(f, requests_1)
+    if f == 0 or low == high:
+        return 1.0  # no failure, or where they fell was forced: nothing to compare
+    # log P(X = y) up to a constant, by the ratio of neighbouring terms
+    logs = [0.0]
+    for y in range(low, high):
+        ratio = (requests_1 - y) * (f - y) / ((y + 1) * (requests_2 - f + y + 1))
+        logs.append(logs[-1] + math.log(ratio))
+    top = max(logs)
+    weights = [math.exp(v - top) for v in logs]
+    tail = sum(weights[max(failures_1, low) - low :])
+    return min(1.0, tail / sum(weights))
 
 
 def normal_sf(z: float) -> float:

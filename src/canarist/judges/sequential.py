@@ -1,7 +1,8 @@
 """The `sequential` judge (the default): anytime-valid tests that stop as soon as they can.
 
-Two tests watch the canary side by side with the baseline, and each may be looked at
-after every observation (four times a second) without inflating its error rates.
+Two tests watch the canary side by side with the baseline. Both may be looked at after
+every observation (four times a second) for as long as the analysis runs, without
+inflating their error rates.
 
 Error rate: label-versus-outcome e-values against the baseline, plus an absolute floor
     Under "the canary fails no more often than the baseline", whether a request went to
@@ -11,63 +12,74 @@ Error rate: label-versus-outcome e-values against the baseline, plus an absolute
     the null. Requests are grouped into blocks, each closed by an observation interval
     that saw a failure and reaching back over the failure-free intervals before it (at
     most `block_window` seconds). For a block's f failed and m succeeded requests, with
-    q1 and q0 chosen before the block (q0 = w, the canary's traffic share estimated
-    from earlier requests, and q1 = w psi / (w psi + 1 - w) for an odds ratio psi),
-        E = prod over requests of q(label) / q_pool(label),  q_pool = (f q1 + m q0) / (f + m)
+    q0 = w, the canary's traffic share estimated from earlier requests, and
+    q1 = w psi / (w psi + 1 - w) for an odds ratio psi, both fixed before the block,
+        E = prod over the block's requests of q(label) / q_pool(label),
+        q_pool = (f q1 + m q0) / (f + m),
     has expectation at most 1 under the null for any block sizes: it is the e-variable
     for 2x2 tables of Turner, Ly & Grunwald (2024). Conditioning on which requests
-    failed is the case-or-control view of Kulldorff et al.'s binomial MaxSPRT (2011):
-    with long blocks q_pool is close to w, so each canary failure multiplies the
-    evidence by almost q1 / w, and each baseline failure by (1 - q1) / (1 - w).
+    failed is the case-or-control view of Kulldorff et al.'s binomial MaxSPRT (2011).
+    With long blocks q_pool is close to w, so each canary failure multiplies the
+    evidence by almost q1 / w and each baseline failure by (1 - q1) / (1 - w), even
+    when a poll sees only a few requests. While the interval being scored holds more
+    requests than the share was estimated from (the first seconds), it is scored by
+    Fisher's exact conditional ratio instead (see below); the choice looks only at the
+    past and at request totals, so it keeps the guarantee.
 
-    Roll back when a mixture of these e-processes over a grid of odds ratios psi > 1
-    reaches 1/alpha_e. The mixture (Robbins 1970; the mSPRT of Johari et al. 2017) is a
-    non-negative supermartingale under the null, so by Ville's inequality (1939) the
-    probability that it *ever* reaches 1/alpha_e is at most alpha_e however often it is
-    looked at: that is the false-rollback guarantee. Against a large regression it
-    decides like Wald's SPRT (1945) for the right odds ratio, at the cost of the log of
-    the grid's size.
+    A mixture of these e-values over a grid of odds ratios psi > 1 (Robbins 1970; the
+    mSPRT of Johari et al. 2017) is a non-negative supermartingale under the null, so
+    by Ville's inequality (1939) it *ever* reaches 1/a with probability at most a,
+    however often it is looked at. Against a large regression it decides like Wald's
+    SPRT (1945) for the right odds ratio, at the cost of the log of the grid's size.
 
     Error rates below `min_error_rate` are never a reason to roll back: a second
     mixture tests "canary error rate <= min_error_rate" on the canary's own binomial
     counts, and a rollback needs both tests to reject (an intersection-union test,
-    Berger 1982, which keeps level alpha_e). Without it, a canary with 2 failures in
+    Berger 1982, which keeps the level). Without it, a canary with 2 failures in
     100,000 requests would be rolled back for being worse than a baseline with none.
 
     Pass when Wald's likelihood ratio of odds ratio 1 against the stated degradation
-    psi1 = `error_degradation` reaches 1/beta. It is computed per observation interval
-    with Fisher's noncentral hypergeometric law (the conditional law of the canary's
-    share of the interval's failures, exact whatever the common rate, Mantel & Haenszel
-    1959 for strata), so it is a supermartingale whenever psi >= psi1 and a canary that
-    much worse passes with probability at most beta. A weighted average of it and an
-    absolute ratio ("canary error rate below psi1 * min_error_rate") is used, so that
-    releases that never fail can pass too.
+    psi1 = `error_degradation` reaches 1/beta. It is computed over strata of
+    `block_window` seconds with Fisher's noncentral hypergeometric law, the exact
+    conditional law of the canary's share of a stratum's failures (strata as in Mantel &
+    Haenszel 1959), so it is a supermartingale while psi >= psi1: a canary that much
+    worse passes with probability at most beta. It is averaged with an absolute
+    ratio ("canary error rate below psi1 * min_error_rate") so that releases that never
+    fail can pass too.
 
 Latency: a sequential rank test on contemporaneous pairs
-    Each canary latency sample is compared with k fresh baseline samples taken at about
-    the same time (each sample is used once, so comparisons are independent). If the
-    canary is no slower than the baseline scaled by 1 + latency_tolerance, the number R
-    of scaled baseline samples it exceeds is at most uniform on 0..k (exactly uniform
-    when the distributions match), whatever the latency distribution is. Against
-    Lehmann alternatives (canary CDF = F^a, Lehmann 1953), R follows a beta-binomial
-    law; a mixture over a > 1 of those likelihood ratios is again a supermartingale
-    under the null, with Ville's bound alpha_l. The pass side compares with the baseline
-    scaled by 1 + latency_degradation and mixes over a < 1.
+    Each canary latency sample is compared with up to `baseline_per_canary` fresh
+    baseline samples taken at about the same time; each sample is used once, so the
+    comparisons are independent. If the canary is no slower than the baseline scaled by
+    1 + latency_tolerance, the number R of scaled baseline samples it exceeds is at most
+    uniform on 0..k (exactly uniform when the distributions match), whatever the latency
+    distribution. Against Lehmann alternatives (canary CDF = F^a, Lehmann 1953) R is
+    beta-binomial, and a mixture over a > 1 of those likelihood ratios is again a
+    supermartingale under the null. The pass side compares with the baseline scaled by
+    1 + latency_degradation and mixes over a < 1.
+
+Restarts, so that a late regression is caught as fast as an early one
+    Under the null a mixture drifts down, and after a long good stretch a regression
+    would first have to climb back. So the rollback mixtures start afresh every
+    RESTART_EVERY seconds: run j alarms at 1 / (a w_j), where run 1 (from the start) has
+    w_1 = FIRST_RUN_SHARE and later runs share the rest as 6 / (pi^2 (j - 1)^2). By a
+    union bound over runs the false-rollback probability stays at most a.
 
 Guarantees and defaults
-    alpha = 0.01 is the false-rollback rate of the whole judge: alpha_e = alpha *
-    (1 - latency_share) and alpha_l = alpha * latency_share (union bound). beta = 0.1:
-    a canary whose failure odds are twice the baseline's (error_degradation = 2), or
-    whose latencies are 25 % higher (latency_degradation = 0.25), passes with probability
-    at most 0.1 (power 0.9). No pass before `min_requests` canary requests.
+    alpha = 0.01 is the false-rollback rate of the whole judge, under continuous
+    monitoring: a = alpha * (1 - latency_share) for errors and alpha * latency_share for
+    latency (union bound). beta = 0.1: a canary whose failure odds are twice the
+    baseline's (error_degradation = 2), or whose latencies are 25 % higher
+    (latency_degradation = 0.25), passes with probability at most 0.1 (power 0.9).
+    No pass before `min_requests` canary requests; until then the verdict is no_data.
 
 Assumptions: requests are split between the releases independently of how likely they
 are to fail (by weight, not by a client property that also drives failures); the
-canary's traffic share holds steady within a block (a few seconds; a weight change inside
+canary's traffic share holds steady within a block (a few seconds: a weight change inside
 one biases that block only); latency samples of the two releases within a pairing window
 are independent draws from their distributions. Ties between latencies count against
-rejecting. The tests are one-sided: a canary better than the baseline is never a reason
-to roll back.
+rejecting. The tests are one-sided: a canary better than the baseline is no reason to
+roll back.
 
 References
     A. Wald (1945), Sequential tests of statistical hypotheses, Ann. Math. Stat. 16(2).
@@ -92,7 +104,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import Field, model_validator
 
@@ -112,10 +124,10 @@ from canarist.judges.base import (
     percent,
 )
 
-# Odds ratios (canary over baseline) that the rollback mixture spreads its weight over.
+# Odds ratios (canary over baseline) the rollback mixture spreads its weight over.
 # Coarse on purpose: each point costs log(len) of evidence, and neighbours overlap.
 ERROR_GRID = (1.5, 2.5, 5.0, 10.0, 30.0, 200.0)
-# Lehmann exponents a (P(canary slower) = a / (a + 1) against one baseline sample).
+# Lehmann exponents a: one comparison finds the canary slower with probability a/(a+1).
 LATENCY_FAIL_GRID = (1.5, 2.0, 3.0, 6.0, 20.0)
 LATENCY_PASS_GRID = (0.8, 0.6, 0.4, 0.2)
 # Part of the pass evidence given to the relative (odds-ratio) test; the rest goes to
@@ -123,13 +135,17 @@ LATENCY_PASS_GRID = (0.8, 0.6, 0.4, 0.2)
 RELATIVE_PASS_WEIGHT = 0.8
 # Seconds of traffic that the canary's share is estimated from.
 SHARE_WINDOW = 30.0
+# Rollback mixtures start afresh this often; the first run keeps most of alpha.
+RESTART_EVERY = 60.0
+FIRST_RUN_SHARE = 0.8
+MAX_RUNS = 30
 
 
 class SequentialSettings(JudgeSettings):
-    """Settings of the sequential judge (defaults are the product's defaults)."""
+    """Settings of the sequential judge (the defaults are the product's defaults)."""
 
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
-    """False-rollback rate of the whole judge, valid under continuous monitoring."""
+    """False-rollback rate of the whole judge, under continuous monitoring."""
     beta: float = Field(default=0.1, gt=0, lt=0.5)
     """Probability of passing a canary degraded as stated below (1 - power)."""
     latency_share: float = Field(default=0.2, ge=0, lt=1)
@@ -144,7 +160,7 @@ class SequentialSettings(JudgeSettings):
     """How much slower than the baseline a canary must not pass (0.25 = 25 %)."""
     min_requests: int = Field(default=200, ge=1)
     """Canary requests before a pass is possible; below it the verdict is no_data."""
-    baseline_per_canary: int = Field(default=8, ge=1, le=64)
+    baseline_per_canary: int = Field(default=4, ge=1, le=64)
     """Baseline latency samples each canary sample is compared with, at most."""
     pair_window: Seconds = Field(default=10.0, gt=0)
     """Latency samples left unpaired for this long are dropped (pairs stay contemporaneous)."""
@@ -171,190 +187,155 @@ class SequentialJudge:
         return SequentialAnalysis(self.settings)
 
 
-class _Mixture:
-    """A weighted mixture of likelihood ratios, each kept as a running log."""
-
-    def __init__(self, size: int) -> None:
-        self.logs = [0.0] * size
-        self._log_weight = -math.log(size)
-        self.value = 1.0  # the mixture's likelihood ratio (an e-value)
-        self.peak = 1.0  # the largest value seen: its inverse is an always-valid p-value
-
-    def add(self, increments: Sequence[float]) -> None:
-        """Multiply each component by exp(increment)."""
-        logs = self.logs
-        for i, increment in enumerate(increments):
-            logs[i] += increment
-        self.value = math.exp(min(_logsumexp(logs) + self._log_weight, 700.0))
-        self.peak = max(self.peak, self.value)
+# ---------------------------------------------------------------- e-processes
 
 
 def _logsumexp(values: Sequence[float]) -> float:
     top = max(values)
     if top == -math.inf:
         return top
-    return top + math.log(sum(math.exp(v - top) for v in values))
+    return top + math.log(sum([math.exp(v - top) for v in values]))
 
 
-def _log(value: float) -> float:
-    return math.log(value) if value > 0 else -math.inf
+def _exp(log_value: float) -> float:
+    return math.exp(min(log_value, 700.0))
 
 
-class _ErrorTest:
-    """The error-rate half of the judge: relative tests against the baseline, absolute floor."""
+class _Mixture:
+    """An equally weighted mixture of likelihood ratios, each kept as a running log."""
 
-    def __init__(self, settings: SequentialSettings) -> None:
-        self.block_window = settings.block_window
-        self.psi1 = settings.error_degradation
-        self._log_psi1 = math.log(self.psi1)
-        self._log_grid = [math.log(psi) for psi in ERROR_GRID]
-        self.fail = _Mixture(len(ERROR_GRID))
-        self.pass_log = 0.0  # log likelihood ratio of odds ratio 1 against psi1
-        # Requests not yet in a block (no failure among them), newest last: (time, n_c, n_b).
-        self._pending: deque[tuple[float, int, int]] = deque()
-        # Requests already used, for the canary's traffic share: (time, n_c, n_c + n_b).
-        self._history: deque[tuple[float, int, int]] = deque()
-        self._history_canary = 0
-        self._history_total = 0
-        self.share = 0.5
-        # Absolute floor: H0 "canary rate <= floor" against a grid of higher rates.
-        self.floor = settings.min_error_rate
-        self._floor_rates = _floor_grid(self.floor)
-        self.floor_fail = _Mixture(len(self._floor_rates)) if self.floor > 0 else None
-        self.canary_failures = 0  # with no floor, one canary failure clears it
-        degraded = min(self.psi1 * self.floor, 0.5)
-        self._degraded_rate = degraded
-        self._pass_rates = (degraded / 2, degraded / 8) if self.floor > 0 else ()
-        self.floor_pass = _Mixture(len(self._pass_rates)) if self._pass_rates else None
+    def __init__(self, size: int) -> None:
+        self.logs = [0.0] * size
+        self._log_weight = -math.log(size)
+        self.value = 1.0  # the mixture's likelihood ratio (an e-value)
 
-    def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
-        """Take in one interval ending at `now`: requests and failures of each release."""
-        stratum = _Stratum.of(n_c, x_c, n_b, x_b)
-        self._rollback_block(now, n_c, x_c, n_b, x_b, stratum)
-        if stratum is not None:
-            # Wald's ratio of odds ratio 1 against psi1, exact per interval (see _Stratum).
-            self.pass_log += stratum.log_ratio(x_c, 0.0, self._log_psi1)
-        self._absolute(n_c, x_c)
+    def add(self, increments: Sequence[float]) -> None:
+        """Multiply each component by exp(increment)."""
+        logs = self.logs
+        for i, increment in enumerate(increments):
+            logs[i] += increment
+        self.value = _exp(_logsumexp(logs) + self._log_weight)
 
-    def _rollback_block(
-        self, now: float, n_c: int, x_c: int, n_b: int, x_b: int, stratum: _Stratum | None
-    ) -> None:
-        """Close a block at every interval with failures; score it with the 2x2 e-variable.
 
-        A block is the interval plus the failure-free intervals just before it (at most
-        `block_window` seconds back). Its f failed and m succeeded requests are two
-        groups; under "the canary fails no more often", the label (canary or baseline)
-        of each request is independent of its outcome, so with q1 and q0 fixed before
-        the block, E = prod q(label) / q_pool(label) over the block's requests, where
-        q_pool = (f q1 + m q0) / (f + m), has expectation at most 1 (Turner, Ly &
-        Grunwald 2024). Long blocks make q_pool close to the canary's share, so each
-        canary failure counts nearly fully even when a poll sees only a few requests.
+class _Restarted:
+    """A rollback mixture, restarted every RESTART_EVERY seconds (see the module docstring).
 
-        While the interval itself holds more requests than the share was estimated from
-        (at the start), the block is scored by the interval's exact conditional ratio
-        instead (see _Stratum). The choice looks at the past and at request and failure
-        totals only, never at which release served them, so the product of the blocks'
-        e-values stays a supermartingale.
-        """
-        pending = self._pending
-        while pending and pending[0][0] <= now - self.block_window:
-            self._remember(*pending.popleft())
-        failures = x_c + x_b
-        if failures == 0:
-            if n_c + n_b:
-                pending.append((now, n_c, n_b))
+    Run j's components are the running logs minus their values when it started. It
+    alarms at 1 / (alpha w_j). `evidence` is the largest run's e-value scaled by
+    w_j / w_1, so that the alarm is `evidence >= bar` with bar = 1 / (alpha w_1) for
+    every run. A `gate(j)` can only lower run j's e-value (the absolute floor's).
+    """
+
+    def __init__(self, size: int, alpha: float, gate: Callable[[int], float] | None = None) -> None:
+        self.logs = [0.0] * size
+        self._log_size = math.log(size)
+        self._alpha = alpha
+        self._gate = gate
+        self._starts: list[list[float]] = []
+        self._scales: list[float] = []  # w_j / w_1
+        # A run can alarm only once some component has risen by its log bar: the
+        # lowest such level per component lets most observations skip the runs.
+        self._triggers = [math.inf] * size
+        self._next_restart = 0.0
+        self.bar = 1.0 / (alpha * FIRST_RUN_SHARE)
+        self.evidence = 1.0
+        self.peak = 1.0
+        self.alarmed = False
+        self._later_runs = 0.0  # the best restarted run at the last full evaluation
+
+    def restart_if_due(self, now: float) -> int:
+        """Start the runs whose time has come (run 1 at the first observation); how many."""
+        started = 0
+        while now >= self._next_restart and len(self._starts) < MAX_RUNS:
+            j = len(self._starts) + 1
+            share = FIRST_RUN_SHARE
+            if j > 1:
+                share = (1 - FIRST_RUN_SHARE) * 6 / (math.pi**2 * (j - 1) ** 2)
+            log_bar = -math.log(self._alpha * share)
+            self._starts.append(list(self.logs))
+            self._scales.append(share / FIRST_RUN_SHARE)
+            self._triggers = [
+                min(t, start + log_bar) for t, start in zip(self._triggers, self.logs, strict=True)
+            ]
+            self._next_restart += RESTART_EVERY
+            started += 1
+        return started
+
+    def add(self, increments: Sequence[float]) -> None:
+        """Multiply each component by exp(increment); check the runs that could alarm."""
+        logs, triggers = self.logs, self._triggers
+        crossed = False
+        for i, increment in enumerate(increments):
+            logs[i] += increment
+            crossed = crossed or logs[i] >= triggers[i]
+        if crossed:
+            self.refresh()
+        elif self._starts:
+            # Nothing can alarm: bring run 1 up to date for the figures, cheaply.
+            self.evidence = max(self._run_evidence(0), self._later_runs)
+            self.peak = max(self.peak, self.evidence)
+
+    def could_alarm(self) -> bool:
+        """Whether some run's mixture may have reached its bar (before its gate)."""
+        return any(log >= trigger for log, trigger in zip(self.logs, self._triggers, strict=True))
+
+    def refresh(self) -> None:
+        """Evaluate every run (and its gate); raise the alarm if one reached its bar."""
+        if not self._starts:
             return
-        block_c = n_c + sum(entry[1] for entry in pending)
-        block_b = n_b + sum(entry[2] for entry in pending)
-        w = self.share  # estimated from requests before the block only: predictable
-        succeeded = block_c + block_b - failures
-        canary_succeeded = block_c - x_c
-        if self._history_total < n_c + n_b:
-            if stratum is not None:
-                self.fail.add([stratum.log_ratio(x_c, lp, 0.0) for lp in self._log_grid])
-        elif succeeded > 0:
-            increments = []
-            for psi in ERROR_GRID:
-                q1 = w * psi / (w * psi + 1 - w)
-                pooled = (failures * q1 + succeeded * w) / (failures + succeeded)
-                increments.append(
-                    x_c * math.log(q1 / pooled)
-                    + x_b * math.log((1 - q1) / (1 - pooled))
-                    + canary_succeeded * math.log(w / pooled)
-                    + (succeeded - canary_succeeded) * math.log((1 - w) / (1 - pooled))
-                )
-            self.fail.add(increments)
-        while pending:
-            self._remember(*pending.popleft())
-        self._remember(now, n_c, n_b)
-
-    def _remember(self, when: float, n_c: int, n_b: int) -> None:
-        """Add used requests to the share estimate, which looks back SHARE_WINDOW seconds."""
-        history = self._history
-        history.append((when, n_c, n_c + n_b))
-        self._history_canary += n_c
-        self._history_total += n_c + n_b
-        while history and history[0][0] <= when - SHARE_WINDOW:
-            _, old_c, old_total = history.popleft()
-            self._history_canary -= old_c
-            self._history_total -= old_total
-        # Half a request each way keeps the estimate inside (0, 1).
-        self.share = (self._history_canary + 0.5) / (self._history_total + 1)
-
-    def _absolute(self, n: int, x: int) -> None:
-        if n == 0:
-            return
-        self.canary_failures += x
-        floor = self.floor
-        if self.floor_fail is not None:
-            self.floor_fail.add(
-                [
-                    x * math.log(r / floor) + (n - x) * math.log((1 - r) / (1 - floor))
-                    for r in self._floor_rates
-                ]
-            )
-        if self.floor_pass is not None:
-            d = self._degraded_rate
-            self.floor_pass.add(
-                [
-                    x * math.log(r / d) + (n - x) * math.log((1 - r) / (1 - d))
-                    for r in self._pass_rates
-                ]
-            )
-
-    def fail_evidence(self) -> float:
-        """The intersection-union e-value: both the relative and the absolute test must agree."""
-        relative = self.fail.value
-        if self.floor_fail is None:
-            return relative if self.canary_failures > 0 else 1.0
-        return min(relative, self.floor_fail.value)
-
-    def fail_p_value(self) -> float:
-        """Always-valid p-value of "the canary is no worse" (the larger of the two tests')."""
-        relative = 1.0 / self.fail.peak
-        if self.floor_fail is None:
-            return relative if self.canary_failures > 0 else 1.0
-        return min(1.0, max(relative, 1.0 / self.floor_fail.peak))
-
-    def pass_evidence(self) -> float:
-        """Evidence that the canary is not degraded (an e-value against the degradation)."""
-        relative = math.exp(min(self.pass_log, 700.0))
-        if self.floor_pass is None:
-            return relative
-        return RELATIVE_PASS_WEIGHT * relative + (1 - RELATIVE_PASS_WEIGHT) * (
-            self.floor_pass.value
+        self._later_runs = max(
+            [self._run_evidence(j) for j in range(1, len(self._starts))], default=0.0
         )
+        self.evidence = max(self._run_evidence(0), self._later_runs)
+        self.peak = max(self.peak, self.evidence)
+        self.alarmed = self.alarmed or self.evidence >= self.bar
+
+    def _run_evidence(self, j: int) -> float:
+        start = self._starts[j]
+        value = _exp(
+            _logsumexp([now - then for now, then in zip(self.logs, start, strict=True)])
+            - self._log_size
+        )
+        if self._gate is not None:
+            value = min(value, self._gate(j))
+        return value * self._scales[j]
+
+    def p_value(self) -> float:
+        """Always-valid p-value: under the null, P(it ever falls to p or below) <= p."""
+        return min(1.0, 1.0 / (FIRST_RUN_SHARE * self.peak))
+
+
+class _RateMixture:
+    """A mixture over rates r of the canary's binomial likelihood ratios against rate r0.
+
+    Each log ratio is affine in the canary's totals, so it is computed from them when
+    asked rather than at every observation.
+    """
+
+    def __init__(self, rates: Sequence[float], null: float) -> None:
+        self._per_failure = [math.log(r / null) for r in rates]
+        self._per_success = [math.log((1 - r) / (1 - null)) for r in rates]
+        self._log_weight = -math.log(len(rates))
+
+    def value(self, requests: int, failures: int) -> float:
+        """The mixture's likelihood ratio over that many requests and failures."""
+        successes = requests - failures
+        logs = [
+            failures * f + successes * s
+            for f, s in zip(self._per_failure, self._per_success, strict=True)
+        ]
+        return _exp(_logsumexp(logs) + self._log_weight)
 
 
 class _Stratum:
-    """One observation interval with failures, as a 2x2 table with fixed margins.
+    """A stretch of traffic with failures, as a 2x2 table with fixed margins.
 
-    Given the interval's f failures among n_c canary and n_b baseline requests, the
+    Given the stretch's f failures among n_c canary and n_b baseline requests, the
     number x that the canary served follows Fisher's noncentral hypergeometric law with
-    the odds ratio psi, whatever the common failure rate was (Mantel & Haenszel 1959 for
-    strata): P(x) = C(n_c, x) C(n_b, f - x) psi^x / G(psi), G summing the numerator over
-    the support. Likelihood ratios between odds ratios are exact, needing no estimate of
-    the canary's share, but a short interval with few requests says little.
+    odds ratio psi, whatever the common failure rate was (strata as in Mantel &
+    Haenszel 1959): P(x) = C(n_c, x) C(n_b, f - x) psi^x / G(psi), G summing the
+    numerator over the support. Likelihood ratios between odds ratios are exact and
+    need no estimate of the canary's share, but a short stretch says little.
     """
 
     def __init__(self, low: int, log_h: list[float]) -> None:
@@ -363,7 +344,7 @@ class _Stratum:
 
     @classmethod
     def of(cls, n_c: int, x: int, n_b: int, x_b: int) -> _Stratum | None:
-        """The stratum of an interval, or None when it carries no evidence."""
+        """The stratum of a stretch of traffic, or None when it carries no evidence."""
         f = x + x_b
         low, high = max(0, f - n_b), min(f, n_c)
         if f == 0 or low == high:
@@ -383,9 +364,147 @@ class _Stratum:
         return _logsumexp([h + (low + i) * log_psi for i, h in enumerate(self.log_h)])
 
 
+# ---------------------------------------------------------------- the two tests
+
+
+class _ErrorTest:
+    """The error-rate half of the judge: relative tests against the baseline, absolute floor."""
+
+    def __init__(self, settings: SequentialSettings, alpha: float) -> None:
+        self.block_window = settings.block_window
+        self._log_grid = [math.log(psi) for psi in ERROR_GRID]
+        self._log_psi1 = math.log(settings.error_degradation)
+        self.pass_log = 0.0  # log likelihood ratio of odds ratio 1 against psi1
+        self._stratum_totals = [0, 0, 0, 0]  # n_c, x_c, n_b, x_b of the pass stratum
+        self._stratum_ends = self.block_window
+        # Requests not yet in a block (no failure among them), newest last: (time, n_c, n_b).
+        self._pending: deque[tuple[float, int, int]] = deque()
+        # Requests already used, for the canary's traffic share: (time, n_c, n_c + n_b).
+        self._history: deque[tuple[float, int, int]] = deque()
+        self._history_canary = 0
+        self._history_total = 0
+        self.share = 0.5
+        # The canary's totals, and at each restart of the rollback mixture.
+        self.canary_requests = 0
+        self.canary_failures = 0
+        self._marks: list[tuple[int, int]] = []
+        floor = settings.min_error_rate
+        self._floor_fail: _RateMixture | None = None
+        self._floor_pass: _RateMixture | None = None
+        if floor > 0:
+            # H0 "canary rate <= floor" against higher rates; for a pass, H "canary rate
+            # >= psi1 * floor" against lower ones.
+            self._floor_fail = _RateMixture(_floor_grid(floor), floor)
+            degraded = min(settings.error_degradation * floor, 0.5)
+            self._floor_pass = _RateMixture((degraded / 2, degraded / 8), degraded)
+        self._floor_pass_at = (-1, -1)
+        self._floor_pass_value = 1.0
+        self.fail = _Restarted(len(ERROR_GRID), alpha, gate=self._floor_since)
+
+    def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
+        """Take in one interval ending at `now`: requests and failures of each release."""
+        started = self.fail.restart_if_due(now)
+        self._marks += [(self.canary_requests, self.canary_failures)] * started
+        self.canary_requests += n_c
+        self.canary_failures += x_c
+        stratum = _Stratum.of(n_c, x_c, n_b, x_b)
+        self._rollback_block(now, n_c, x_c, n_b, x_b, stratum)
+        self._pass_stratum(now, n_c, x_c, n_b, x_b)
+        if x_c and self.fail.could_alarm():
+            self.fail.refresh()  # the floor may have risen: re-check every run
+
+    def _rollback_block(
+        self, now: float, n_c: int, x_c: int, n_b: int, x_b: int, stratum: _Stratum | None
+    ) -> None:
+        """Close a block at every interval with failures, and score it (module docstring)."""
+        pending = self._pending
+        while pending and pending[0][0] <= now - self.block_window:
+            self._remember(*pending.popleft())
+        failures = x_c + x_b
+        if failures == 0:
+            if n_c + n_b:
+                pending.append((now, n_c, n_b))
+            return
+        block_c = n_c + sum(entry[1] for entry in pending)
+        block_b = n_b + sum(entry[2] for entry in pending)
+        succeeded = block_c + block_b - failures
+        canary_succeeded = block_c - x_c
+        w = self.share  # from requests before the block only: fixed before it
+        if self._history_total < n_c + n_b:
+            if stratum is not None:
+                self.fail.add([stratum.log_ratio(x_c, lp, 0.0) for lp in self._log_grid])
+        elif succeeded > 0:
+            increments = []
+            for psi in ERROR_GRID:
+                q1 = w * psi / (w * psi + 1 - w)
+                pooled = (failures * q1 + succeeded * w) / (failures + succeeded)
+                increments.append(
+                    x_c * math.log(q1 / pooled)
+                    + x_b * math.log((1 - q1) / (1 - pooled))
+                    + canary_succeeded * math.log(w / pooled)
+                    + (succeeded - canary_succeeded) * math.log((1 - w) / (1 - pooled))
+                )
+            self.fail.add(increments)
+        while pending:
+            self._remember(*pending.popleft())
+        self._remember(now, n_c, n_b)
+
+    def _pass_stratum(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
+        """Add to the current pass stratum; at its end, add its exact conditional ratio.
+
+        Strata are fixed `block_window`-second windows: a pass can wait a few seconds,
+        and a longer stratum's canary share is steadier, so each failure says more.
+        """
+        totals = self._stratum_totals
+        totals[0] += n_c
+        totals[1] += x_c
+        totals[2] += n_b
+        totals[3] += x_b
+        if now < self._stratum_ends:
+            return
+        stratum = _Stratum.of(*totals)
+        if stratum is not None:
+            self.pass_log += stratum.log_ratio(totals[1], 0.0, self._log_psi1)
+        self._stratum_totals = [0, 0, 0, 0]
+        self._stratum_ends = (math.floor(now / self.block_window) + 1) * self.block_window
+
+    def _remember(self, when: float, n_c: int, n_b: int) -> None:
+        """Add used requests to the share estimate, which looks back SHARE_WINDOW seconds."""
+        history = self._history
+        history.append((when, n_c, n_c + n_b))
+        self._history_canary += n_c
+        self._history_total += n_c + n_b
+        while history and history[0][0] <= when - SHARE_WINDOW:
+            _, old_c, old_total = history.popleft()
+            self._history_canary -= old_c
+            self._history_total -= old_total
+        # Half a request each way keeps the estimate inside (0, 1).
+        self.share = (self._history_canary + 0.5) / (self._history_total + 1)
+
+    def _floor_since(self, run: int) -> float:
+        """The absolute test's e-value over the canary's traffic since run `run` began."""
+        requests, failures = self._marks[run]
+        requests = self.canary_requests - requests
+        failures = self.canary_failures - failures
+        if self._floor_fail is None:
+            return math.inf if failures else 1.0  # no floor: one failure clears it
+        return self._floor_fail.value(requests, failures)
+
+    def pass_evidence(self) -> float:
+        """Evidence that the canary is not degraded (an e-value against the degradation)."""
+        relative = _exp(self.pass_log)
+        if self._floor_pass is None:
+            return relative
+        totals = (self.canary_requests, self.canary_failures)
+        if totals != self._floor_pass_at:  # most polls at low traffic bring no canary request
+            self._floor_pass_at = totals
+            self._floor_pass_value = self._floor_pass.value(*totals)
+        return RELATIVE_PASS_WEIGHT * relative + (1 - RELATIVE_PASS_WEIGHT) * (
+            self._floor_pass_value
+        )
+
+
 def _floor_grid(floor: float) -> tuple[float, ...]:
-    if floor <= 0:
-        return ()
     candidates = {floor * m for m in (2, 5, 20, 100)} | {0.3, 0.9}
     return tuple(sorted(r for r in candidates if floor < r < 1))
 
@@ -393,12 +512,12 @@ def _floor_grid(floor: float) -> tuple[float, ...]:
 class _LatencyTest:
     """The latency half of the judge: a sequential rank test on contemporaneous pairs."""
 
-    def __init__(self, settings: SequentialSettings) -> None:
+    def __init__(self, settings: SequentialSettings, alpha: float) -> None:
         self.k_max = settings.baseline_per_canary
         self.window = settings.pair_window
         self.fail_scale = 1 + settings.latency_tolerance
         self.pass_scale = 1 + settings.latency_degradation
-        self.fail = _Mixture(len(LATENCY_FAIL_GRID))
+        self.fail = _Restarted(len(LATENCY_FAIL_GRID), alpha)
         self.pass_ = _Mixture(len(LATENCY_PASS_GRID))
         self._fail_table = _lehmann_table(self.k_max, LATENCY_FAIL_GRID)
         self._pass_table = _lehmann_table(self.k_max, LATENCY_PASS_GRID)
@@ -409,17 +528,20 @@ class _LatencyTest:
 
     def update(self, now: float, canary: Sequence[float], baseline: Sequence[float]) -> None:
         """Queue fresh samples, drop stale ones, and compare as many as can be paired."""
+        self.fail.restart_if_due(now)
         pending_c, pending_b = self._canary, self._baseline
-        pending_c.extend((now, v) for v in canary)
-        pending_b.extend((now, v) for v in baseline)
+        pending_c.extend([(now, v) for v in canary])
+        pending_b.extend([(now, v) for v in baseline])
         cutoff = now - self.window
         while pending_c and pending_c[0][0] < cutoff:
             pending_c.popleft()
         while pending_b and pending_b[0][0] < cutoff:
             pending_b.popleft()
+        if not (pending_c and pending_b):
+            return
         fail_logs = [0.0] * len(LATENCY_FAIL_GRID)
         pass_logs = [0.0] * len(LATENCY_PASS_GRID)
-        compared = False
+        fail_scale, pass_scale = self.fail_scale, self.pass_scale
         while pending_c and pending_b:
             # How many baseline samples each canary sample gets depends only on counts,
             # never on values, so the comparisons stay independent and exchangeable.
@@ -428,20 +550,16 @@ class _LatencyTest:
             beaten = passed = 0
             for _ in range(k):
                 other = pending_b.popleft()[1]
-                if other * self.fail_scale < value:  # a tie never counts towards a rollback
-                    beaten += 1
-                if other * self.pass_scale <= value:  # nor towards a pass
-                    passed += 1
+                beaten += other * fail_scale < value  # a tie never counts towards a rollback
+                passed += other * pass_scale <= value  # nor towards a pass
             for i, row in enumerate(self._fail_table[k]):
                 fail_logs[i] += row[beaten]
             for i, row in enumerate(self._pass_table[k]):
                 pass_logs[i] += row[passed]
             self.pairs += 1
             self.slower += beaten / k
-            compared = True
-        if compared:
-            self.fail.add(fail_logs)
-            self.pass_.add(pass_logs)
+        self.fail.add(fail_logs)
+        self.pass_.add(pass_logs)
 
 
 def _lehmann_table(k_max: int, grid: Sequence[float]) -> list[list[list[float]]]:
@@ -460,16 +578,17 @@ def _lehmann_table(k_max: int, grid: Sequence[float]) -> list[list[list[float]]]
                 log_p = (
                     math.lgamma(k + 1)
                     - math.lgamma(r + 1)
-                    - math.lgamma(k - r + 1)
                     + math.log(a)
                     + math.lgamma(r + a)
-                    + math.lgamma(k - r + 1)
                     - math.lgamma(k + 1 + a)
-                )
+                )  # C(k, r) a B(r + a, k - r + 1), with (k - r)! cancelled
                 row.append(log_p + math.log(k + 1))
             rows.append(row)
         table.append(rows)
     return table
+
+
+# ---------------------------------------------------------------- the analysis
 
 
 class SequentialAnalysis:
@@ -478,93 +597,96 @@ class SequentialAnalysis:
     def __init__(self, settings: SequentialSettings) -> None:
         self.settings = settings
         latency_alpha = settings.alpha * settings.latency_share
-        self._error_bar = 1.0 / (settings.alpha - latency_alpha)
-        self._latency_bar = 1.0 / latency_alpha if latency_alpha > 0 else math.inf
+        self._errors = _ErrorTest(settings, settings.alpha - latency_alpha)
+        self._latency = _LatencyTest(settings, latency_alpha) if latency_alpha > 0 else None
         self._pass_bar = 1.0 / settings.beta
+        self._latency_bar = self._latency.fail.bar if self._latency is not None else math.inf
         self._canary = Counts()
         self._baseline = Counts()
-        self._errors = _ErrorTest(settings)
-        self._latency = _LatencyTest(settings) if latency_alpha > 0 else None
         self._canary_latency = LatencyHistogram()
         self._baseline_latency = LatencyHistogram()
         self._quantiles: dict[str, Figure] = {}
-        self._quantiles_at = -math.inf
+        self._quantiles_count = 0  # latency samples when the quantiles were computed
         self._final: Verdict | None = None
 
     def update(self, observation: Observation) -> Verdict:
         """Take in one observation; roll back, pass, or say how far the evidence has come."""
         if self._final is not None:
             return self._final
+        now = observation.elapsed
         n_c, x_c = self._canary.advance(observation.canary)
         n_b, x_b = self._baseline.advance(observation.baseline)
-        self._errors.update(observation.elapsed, n_c, x_c, n_b, x_b)
+        self._errors.update(now, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
         baseline_latencies = observation.baseline.latencies_ms
-        self._canary_latency.extend(canary_latencies)
-        self._baseline_latency.extend(baseline_latencies)
-        if self._latency is not None and (canary_latencies or baseline_latencies):
-            self._latency.update(observation.elapsed, canary_latencies, baseline_latencies)
-        verdict = self._verdict(observation.elapsed)
+        if canary_latencies or baseline_latencies:
+            self._canary_latency.extend(canary_latencies)
+            self._baseline_latency.extend(baseline_latencies)
+            if self._latency is not None:
+                self._latency.update(now, canary_latencies, baseline_latencies)
+        verdict = self._verdict(now)
         if verdict.outcome in (PASS, FAIL):
             self._final = verdict
         return verdict
 
     def _verdict(self, elapsed: float) -> Verdict:
         s, errors, latency = self.settings, self._errors, self._latency
-        error_evidence = errors.fail_evidence()
-        latency_evidence = latency.fail.value if latency is not None else 0.0
-        rates = (
-            f"{percent(self._canary.rate)} of {self._canary.requests} canary requests failed "
-            f"vs {percent(self._baseline.rate)} of the baseline's"
+        error, error_pass = errors.fail.evidence, errors.pass_evidence()
+        slower, faster = (
+            (latency.fail.evidence, latency.pass_.value) if latency is not None else (0.0, math.inf)
         )
-        if error_evidence >= self._error_bar:
+        evidence = (error, error_pass, slower, faster)
+        if errors.fail.alarmed:
             reason = (
-                f"canary fails more than baseline: {rates} (evidence {error_evidence:.0f} "
-                f">= {self._error_bar:.0f}; false-rollback rate {s.alpha:g})"
+                f"canary fails more than baseline: {self._rates()} (evidence {error:.0f} "
+                f">= {errors.fail.bar:.0f}; false-rollback rate {s.alpha:g})"
             )
-            return Verdict(FAIL, reason, self._figures(elapsed, fresh=True))
-        if latency is not None and latency_evidence >= self._latency_bar:
+            return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
+        if latency is not None and latency.fail.alarmed:
             reason = (
                 f"canary slower than baseline: {self._medians()} over {latency.pairs} "
-                f"compared samples (evidence {latency_evidence:.0f} >= "
-                f"{self._latency_bar:.0f}; false-rollback rate {s.alpha:g})"
+                f"compared samples (evidence {slower:.0f} >= {latency.fail.bar:.0f}; "
+                f"false-rollback rate {s.alpha:g})"
             )
-            return Verdict(FAIL, reason, self._figures(elapsed, fresh=True))
+            return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
         if self._canary.requests < s.min_requests:
             reason = (
                 f"not enough data: {self._canary.requests} of {s.min_requests} canary "
                 f"requests needed before a pass"
             )
-            return Verdict(NO_DATA, reason, self._figures(elapsed))
-        error_pass = errors.pass_evidence()
-        latency_pass = latency.pass_.value if latency is not None else math.inf
-        if error_pass >= self._pass_bar and latency_pass >= self._pass_bar:
+            return Verdict(NO_DATA, reason, self._figures(elapsed, evidence))
+        if error_pass >= self._pass_bar and faster >= self._pass_bar:
             against = f"{s.error_degradation:g}x the baseline's error odds"
             if latency is not None:
                 against += f" or {s.latency_degradation:.0%} slower"
             reason = (
-                f"canary no worse than baseline: {rates}"
+                f"canary no worse than baseline: {self._rates()}"
                 + (f", {self._medians()}" if latency is not None else "")
                 + f" (evidence >= {self._pass_bar:.0f} against {against})"
             )
-            return Verdict(PASS, reason, self._figures(elapsed, fresh=True))
+            return Verdict(PASS, reason, self._figures(elapsed, evidence, fresh=True))
         reason = (
-            f"gathering evidence: {rates}; errors: rollback {error_evidence:.1f} of "
-            f"{self._error_bar:.0f}, pass {error_pass:.1f} of {self._pass_bar:.0f}"
+            f"gathering evidence: {self._rates()}; to roll back {error:.3g} of "
+            f"{errors.fail.bar:.0f} (errors), {slower:.3g} of {self._latency_bar:.0f} "
+            f"(latency); to pass {min(error_pass, faster):.3g} of {self._pass_bar:.0f}"
         )
-        if latency is not None:
-            reason += (
-                f"; latency: rollback {latency_evidence:.1f} of {self._latency_bar:.0f}, "
-                f"pass {latency_pass:.1f} of {self._pass_bar:.0f}"
-            )
-        return Verdict(CONTINUE, reason, self._figures(elapsed))
+        return Verdict(CONTINUE, reason, self._figures(elapsed, evidence))
+
+    def _rates(self) -> str:
+        return (
+            f"{percent(self._canary.rate)} of {self._canary.requests} canary requests failed "
+            f"vs {percent(self._baseline.rate)} of the baseline's"
+        )
 
     def _medians(self) -> str:
         canary = self._canary_latency.quantile(0.5)
         baseline = self._baseline_latency.quantile(0.5)
         return f"p50 {canary:.0f} ms vs {baseline:.0f} ms"
 
-    def _figures(self, elapsed: float, fresh: bool = False) -> dict[str, Figure]:
+    def _figures(
+        self, elapsed: float, evidence: tuple[float, float, float, float], fresh: bool = False
+    ) -> dict[str, Figure]:
+        """Everything behind the verdict: counts, rates, e-values, p-values, quantiles."""
         errors, latency = self._errors, self._latency
         canary, baseline = self._canary, self._baseline
         figures: dict[str, Figure] = {
@@ -577,24 +699,26 @@ class SequentialAnalysis:
             "baseline_failures": baseline.failures,
             "baseline_error_rate": baseline.rate,
             "canary_traffic_share": errors.share,
-            "error_evidence": errors.fail_evidence(),
-            "error_evidence_to_fail": self._error_bar,
-            "error_p_value": errors.fail_p_value(),
-            "error_pass_evidence": errors.pass_evidence(),
+            "error_evidence": evidence[0],
+            "error_evidence_to_fail": errors.fail.bar,
+            "error_p_value": errors.fail.p_value(),
+            "error_pass_evidence": evidence[1],
             "evidence_to_pass": self._pass_bar,
         }
         if latency is not None:
-            figures["latency_evidence"] = latency.fail.value
-            figures["latency_evidence_to_fail"] = self._latency_bar
-            figures["latency_p_value"] = 1.0 / latency.fail.peak
-            figures["latency_pass_evidence"] = latency.pass_.value
+            figures["latency_evidence"] = evidence[2]
+            figures["latency_evidence_to_fail"] = latency.fail.bar
+            figures["latency_p_value"] = latency.fail.p_value()
+            figures["latency_pass_evidence"] = evidence[3]
             figures["latency_pairs"] = latency.pairs
             figures["latency_slower_share"] = (
                 latency.slower / latency.pairs if latency.pairs else 0.0
             )
-        # Quantiles are for people: refreshing them once a second is plenty.
-        if fresh or elapsed - self._quantiles_at >= 1.0:
+        # Quantiles over the whole analysis barely move once there are many samples:
+        # recompute them when the samples have grown by 5 %, and for a decision.
+        count = self._canary_latency.count + self._baseline_latency.count
+        if fresh or count >= self._quantiles_count * 1.05:
             self._quantiles = histogram_figures(self._canary_latency, self._baseline_latency)
-            self._quantiles_at = elapsed
+            self._quantiles_count = max(count, 1)
         figures.update(self._quantiles)
         return figures

@@ -1,0 +1,249 @@
+"""The sequential judge: quick on bad canaries, patient on good ones, never fooled by noise."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from canarist.errors import ConfigError
+from canarist.judges import Observation, Sample, Verdict, make_judge
+from canarist.judges.sequential import SequentialAnalysis, SequentialJudge, SequentialSettings
+
+
+def binomial(rng: random.Random, n: int, p: float) -> int:
+    """Exact binomial draw by inversion (fine for the small n * p of these tests)."""
+    if p >= 1:
+        return n
+    if p <= 0 or n == 0:
+        return 0
+    mass = (1 - p) ** n
+    cumulative, k, u = mass, 0, rng.random()
+    while u > cumulative and k < n:
+        mass *= (n - k) / (k + 1) * p / (1 - p)
+        k += 1
+        cumulative += mass
+    return k
+
+
+def traffic(
+    rng: random.Random,
+    *,
+    rps: float,
+    canary_error: float,
+    baseline_error: float = 0.005,
+    canary_slowdown: float = 1.0,
+    weight: float = 0.1,
+    tick: float = 0.25,
+    seconds: float = 600.0,
+    latencies_per_tick: int = 3,
+) -> Iterator[Observation]:
+    """Observations of seeded traffic: canary at `weight`, lognormal latencies (median 60 ms)."""
+    totals = [0, 0, 0, 0]  # canary requests, failures; baseline requests, failures
+    carry = [0.0, 0.0]
+    elapsed = 0.0
+    while elapsed < seconds - 1e-9:
+        elapsed += tick
+        fresh = []
+        for side, (share, error, slowdown) in enumerate(
+            ((weight, canary_error, canary_slowdown), (1 - weight, baseline_error, 1.0))
+        ):
+            carry[side] += rps * share * tick  # requests split by weight, as a router does
+            n = int(carry[side])
+            carry[side] -= n
+            totals[2 * side] += n
+            totals[2 * side + 1] += binomial(rng, n, error)
+            count = min(n, latencies_per_tick)
+            fresh.append(tuple(60 * slowdown * rng.lognormvariate(0, 0.5) for _ in range(count)))
+        yield Observation(
+            elapsed,
+            Sample(totals[0], totals[1], fresh[0]),
+            Sample(totals[2], totals[3], fresh[1]),
+        )
+
+
+def judge_until_decided(
+    analysis: SequentialAnalysis, observations: Iterator[Observation]
+) -> tuple[Verdict, Observation]:
+    """Feed observations until pass or fail (or they run out): the last verdict and observation."""
+    verdict = observation = None
+    for observation in observations:
+        verdict = analysis.update(observation)
+        if verdict.outcome in ("pass", "fail"):
+            break
+    assert verdict is not None and observation is not None
+    return verdict, observation
+
+
+def test_a_failing_canary_is_rolled_back_after_a_few_failures() -> None:
+    """5 % errors against 0.5 %: rolled back within seconds, on a handful of failed requests."""
+    failures = []
+    for seed in range(20):
+        rng = random.Random(seed)
+        verdict, last = judge_until_decided(
+            SequentialJudge().begin(), traffic(rng, rps=100, canary_error=0.05)
+        )
+        assert verdict.outcome == "fail", verdict.reason
+        assert "fails more" in verdict.reason
+        failures.append(last.canary.failures)
+    assert sorted(failures)[len(failures) // 2] <= 10  # median
+
+
+def test_a_total_failure_is_caught_on_its_first_few_requests() -> None:
+    """A canary failing everything is rolled back after a few failures, not a minute's worth."""
+    for seed in range(10):
+        verdict, last = judge_until_decided(
+            SequentialJudge().begin(), traffic(random.Random(seed), rps=100, canary_error=1.0)
+        )
+        assert verdict.outcome == "fail"
+        assert last.canary.failures <= 10
+        assert last.elapsed <= 2.0
+
+
+def test_a_healthy_canary_passes_with_the_figures_behind_it() -> None:
+    """Same error rate and latency as the baseline: passes, saying so with its evidence."""
+    verdict, last = judge_until_decided(
+        SequentialJudge().begin(), traffic(random.Random(7), rps=1000, canary_error=0.005)
+    )
+    assert verdict.outcome == "pass", verdict.reason
+    assert last.elapsed < 120
+    figures = verdict.figures
+    assert figures["canary_requests"] == last.canary.requests
+    assert figures["baseline_failures"] == last.baseline.failures
+    assert float(figures["error_pass_evidence"]) >= float(figures["evidence_to_pass"])
+    for key in (
+        "canary_error_rate",
+        "baseline_error_rate",
+        "error_evidence",
+        "error_p_value",
+        "latency_evidence",
+        "latency_p_value",
+        "canary_p50_ms",
+        "canary_p90_ms",
+        "canary_p99_ms",
+        "baseline_p50_ms",
+        "baseline_p90_ms",
+        "baseline_p99_ms",
+    ):
+        assert key in figures, key
+    assert 50 < float(figures["canary_p50_ms"]) < 72  # the true median is 60 ms
+
+
+def test_too_little_traffic_is_not_enough_data_and_never_a_pass() -> None:
+    """Below min_requests the judge says so, however clean the traffic looks."""
+    analysis = SequentialJudge(SequentialSettings(min_requests=200)).begin()
+    verdicts = [
+        analysis.update(o)
+        for o in traffic(random.Random(1), rps=10, canary_error=0.0, baseline_error=0.0)
+    ]
+    early = verdicts[: 4 * 150]  # 1 canary request a second: 150 requests in 150 s
+    assert {v.outcome for v in early} == {"no_data"}
+    assert "not enough data" in early[-1].reason
+    assert all(v.outcome != "pass" for v in verdicts[: 4 * 199])
+
+
+def test_releases_that_never_fail_can_pass() -> None:
+    """With no failure on either side, the absolute test lets a clean canary through."""
+    verdict, _ = judge_until_decided(
+        SequentialJudge().begin(),
+        traffic(random.Random(2), rps=200, canary_error=0.0, baseline_error=0.0, seconds=900),
+    )
+    assert verdict.outcome == "pass", verdict.reason
+
+
+def test_a_few_failures_against_a_perfect_baseline_are_tolerated() -> None:
+    """Error rates below min_error_rate never roll back, even against a baseline with none."""
+    analysis = SequentialJudge(SequentialSettings(min_requests=10**9)).begin()
+    for step in range(1, 201):
+        canary = Sample(step * 500, 2 if step > 100 else 0)  # 2 failures in 100,000 requests
+        verdict = analysis.update(Observation(step * 1.0, canary, Sample(step * 4500, 0)))
+        assert verdict.outcome != "fail", verdict.reason
+
+
+def test_a_shared_outage_is_no_evidence_against_the_canary() -> None:
+    """Both releases failing alike (a dependency down) is not a reason to roll back."""
+    analysis = SequentialJudge().begin()
+    outage = traffic(random.Random(3), rps=100, canary_error=0.3, baseline_error=0.3, seconds=60)
+    assert all(analysis.update(o).outcome != "fail" for o in outage)
+
+
+def test_a_latency_regression_is_rolled_back() -> None:
+    """Twice as slow, same errors: rolled back for latency within seconds."""
+    verdict, last = judge_until_decided(
+        SequentialJudge().begin(),
+        traffic(random.Random(4), rps=100, canary_error=0.005, canary_slowdown=2.0),
+    )
+    assert verdict.outcome == "fail"
+    assert "slower" in verdict.reason
+    assert last.elapsed < 30
+    assert float(verdict.figures["canary_p50_ms"]) > 1.5 * float(verdict.figures["baseline_p50_ms"])
+
+
+def test_a_regression_that_starts_late_is_caught_quickly() -> None:
+    """After ten good minutes, a 5 % error rate is still rolled back on few failures."""
+    analysis = SequentialJudge(SequentialSettings(min_requests=10**9)).begin()
+    rng = random.Random(5)
+    for o in traffic(rng, rps=100, canary_error=0.005, seconds=600):
+        assert analysis.update(o).outcome != "fail"
+    before = o.canary.failures
+    for later in traffic(rng, rps=100, canary_error=0.05, seconds=300):
+        shifted = Observation(
+            600 + later.elapsed,
+            Sample(o.canary.requests + later.canary.requests, before + later.canary.failures),
+            Sample(
+                o.baseline.requests + later.baseline.requests,
+                o.baseline.failures + later.baseline.failures,
+            ),
+        )
+        verdict = analysis.update(shifted)
+        if verdict.outcome == "fail":
+            break
+    assert verdict.outcome == "fail"
+    assert later.canary.failures <= 30
+
+
+def test_a_verdict_of_pass_or_fail_is_final() -> None:
+    """Once decided, the analysis keeps its verdict whatever comes next."""
+    analysis = SequentialJudge().begin()
+    verdict, last = judge_until_decided(
+        analysis, traffic(random.Random(6), rps=100, canary_error=1.0)
+    )
+    later = Observation(last.elapsed + 1, Sample(10**6, 0), Sample(10**7, 0))
+    assert analysis.update(later) is verdict
+
+
+def test_settings_are_checked() -> None:
+    """A latency degradation that does not exceed the tolerance is a configuration error."""
+    with pytest.raises(ConfigError, match="latency_degradation"):
+        make_judge("sequential", {"latency_tolerance": 0.3, "latency_degradation": 0.2})
+
+
+def aa_false_rollbacks(runs: int, settings: dict[str, object], seed: int) -> float:
+    """Share of A/A runs rolled back: 2 minutes at 100 req/s, looked at every 10 seconds."""
+    rolled_back = 0
+    for run in range(runs):
+        rng = random.Random(seed * 1_000_003 + run)
+        analysis = make_judge("sequential", settings).begin()
+        batches = traffic(rng, rps=100, canary_error=0.005, tick=10.0, seconds=120)
+        for o in batches:
+            if analysis.update(o).outcome == "fail":
+                rolled_back += 1
+                break
+    return rolled_back / runs
+
+
+def test_the_false_rollback_rate_holds_under_continuous_monitoring() -> None:
+    """Over 2,000 seeded A/A runs looked at after every batch: at most alpha rolled back."""
+    runs, alpha = 2000, 0.01
+    # min_requests out of reach: no run ends early by passing, the worst case for alpha.
+    rate = aa_false_rollbacks(runs, {"alpha": alpha, "min_requests": 10**9}, seed=11)
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_a_generous_alpha_is_still_respected() -> None:
+    """With alpha = 0.2 the bound is tight enough that a too-optimistic test would show."""
+    runs, alpha = 400, 0.2
+    rate = aa_false_rollbacks(runs, {"alpha": alpha, "min_requests": 10**9}, seed=12)
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
