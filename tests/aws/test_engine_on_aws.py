@@ -200,3 +200,58 @@ async def test_a_canary_on_route53_weighted_records(aws: Any, tmp_path: Path) ->
     await engine.promote("api")
     await settle()
     assert records() == {"green.example.com": 100}
+
+
+async def test_a_cloudwatch_alarm_in_alarm_rolls_the_canary_back(aws: Any, tmp_path: Path) -> None:
+    """analysis.alarms: set_alarm_state to ALARM mid-canary and the alias returns to stable."""
+    from canarist.metrics.cloudwatch import CloudWatchMetrics, CloudWatchSettings
+
+    world = AwsWorld(aws, tmp_path)
+    cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="checkout-errors",
+        MetricName="Errors",
+        Namespace="AWS/Lambda",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
+    metrics = CloudWatchMetrics(
+        aws,
+        CloudWatchSettings.model_validate(
+            {"services": {"api": {"kind": "lambda", "function_name": FUNCTION, "alias": "live"}}}
+        ),
+    )
+    spec = parse_spec(
+        SPEC.replace(
+            "analysis: {judge: none}", "analysis: {judge: none, alarms: [checkout-errors]}"
+        )
+    )
+    drivers = world.engine.groups["api"]
+    world.engine = Engine(
+        spec,
+        world.store,
+        FakePlatform(world.catalog),
+        FakeRouter(),
+        world.catalog,
+        world.clock,
+        groups={"api": GroupDrivers(drivers.platform, drivers.router, metrics)},
+    )
+    await world.engine.deploy("api", world.refs["v1"])
+    await world.settle()
+    v1 = await world.version("v1")
+    await world.engine.deploy("api", world.refs["v2"])
+    await world.settle()
+    assert world.alias()[1]  # the canary takes its share
+    await world.settle(4)
+    assert world.engine.status("api")[0]["phase"] == "progressing"  # OK: no rollback
+    cloudwatch.set_alarm_state(
+        AlarmName="checkout-errors", StateValue="ALARM", StateReason="errors on the canary"
+    )
+    await world.settle(2)
+    history = world.engine.history("api")[0]
+    assert history["phase"] == "rolled_back"
+    assert "checkout-errors" in history["reason"]
+    assert world.alias() == (v1, {})
