@@ -203,9 +203,9 @@ def test_bad_settings_are_one_config_error() -> None:
     """A missing or unknown setting is a ConfigError naming it."""
     settings = OFFLINE_SETTINGS
     missing = {k: v for k, v in settings.items() if k != "vpc_id"}
-    with pytest.raises(ConfigError, match=r"autoscaling\.vpc_id"):
+    with pytest.raises(ConfigError, match=r"autoscaling: vpc_id"):
         AutoScalingPlatform(Untouchable(), missing)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"autoscaling\.colour"):
+    with pytest.raises(ConfigError, match=r"autoscaling: colour"):
         AutoScalingPlatform(Untouchable(), {**settings, "colour": "blue"})  # type: ignore[arg-type]
 
 

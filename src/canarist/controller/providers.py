@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from canarist.controller.engine import GroupDrivers
 from canarist.domain.spec import DeploymentSpec
+from canarist.domain.validation import config_error
 from canarist.errors import AWSError, ConfigError
 from canarist.metrics.base import Metrics
 from canarist.platforms.base import GroupPlatform
@@ -27,12 +28,7 @@ def _settings(model: Any, data: Any, where: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(
-            f"{where}: {field}: {message}" if field else f"{where}: {message}"
-        ) from exc
+        raise config_error(exc, where) from exc
 
 
 def _section(aws: Section, key: str, service: str) -> dict[str, Any]:

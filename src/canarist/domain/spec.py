@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from canarist.domain.durations import parse_duration
+from canarist.domain.validation import config_error
 from canarist.errors import ConfigError
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -238,9 +239,4 @@ def parse_spec(text: str, source: str = "canarist.yaml") -> DeploymentSpec:
     try:
         return DeploymentSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(
-            f"{source}: {where}: {message}" if where else f"{source}: {message}"
-        ) from exc
+        raise config_error(exc, source) from exc

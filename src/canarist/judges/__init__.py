@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 from pydantic import ValidationError
 
+from canarist.domain.validation import config_error
 from canarist.errors import ConfigError
 from canarist.judges.base import (
     CONTINUE,
@@ -100,11 +101,7 @@ def make_judge(name: str, settings: Mapping[str, object] | None = None) -> Judge
     try:
         parsed = model.model_validate(dict(settings or {}))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        prefix = f"judge {name!r}: {where}: " if where else f"judge {name!r}: "
-        raise ConfigError(prefix + message) from exc
+        raise config_error(exc, f"judge {name!r}") from exc
     return factory(parsed)
 
 

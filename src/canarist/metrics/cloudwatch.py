@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from canarist.aws.clients import aws_call
+from canarist.domain.validation import config_error
 from canarist.errors import ConfigError
 from canarist.metrics.base import ReleaseWindow
 
@@ -117,9 +118,7 @@ class CloudWatchSettings(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = "".join(f".{p}" for p in first["loc"])
-            raise ConfigError(f"cloudwatch{where}: {first['msg']}") from None
+            raise config_error(exc, "cloudwatch") from None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from canarist.domain.release import (
     reference_hex,
     short_reference,
 )
+from canarist.domain.validation import config_error
 from canarist.errors import AWSError, ConfigError, InstanceFailed, UnknownRelease
 from canarist.releases.s3 import S3ArtifactStore
 from canarist.releases.store import ARCHIVE, MANIFEST
@@ -138,9 +139,7 @@ class AutoScalingSettings(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = "".join(f".{p}" for p in first["loc"])
-            raise ConfigError(f"autoscaling{where}: {first['msg']}") from None
+            raise config_error(exc, "autoscaling") from None
 
     def image_for(self, ref: str) -> str:
         """The AMI a release runs on; ConfigError when none is set for it."""
