@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from canarist.platforms.autoscaling import (
 from canarist.releases.build import build_release
 from canarist.releases.s3 import S3ArtifactStore
 from canarist.releases.store import LocalArtifactStore
-from tests.aws.conftest import REGION
+from tests.aws.conftest import REGION, moto_server
 from tests.releases.conftest import write_app
 
 pytestmark = pytest.mark.aws
@@ -58,33 +55,8 @@ main(sys.argv[1:])
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     """A moto server of this module's own, with launch template versions mended (above)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _MENDED_MOTO, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
-    try:
+    with moto_server(sys.executable, "-c", _MENDED_MOTO) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 class Untouchable:
