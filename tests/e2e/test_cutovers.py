@@ -325,6 +325,35 @@ def test_malformed_spec_is_refused_by_up(tmp_path: Path) -> None:
     assert not (tmp_path / ".canarist" / "controller.json").exists()
 
 
+def test_up_again_reloads_the_spec(project: tuple[Canarist, dict[str, str]]) -> None:
+    """`up` while running re-reads canarist.yaml: a new service appears, the old runs on."""
+    from tests.e2e.harness import free_port
+
+    cli, refs = project
+    spec = cli.root / "canarist.yaml"
+    spec.write_text(spec.read_text() + f"  api:\n    listen: 127.0.0.1:{free_port()}\n")
+    assert "reloaded" in cli("up").stdout
+    assert cli.status("api")["phase"] == "empty"
+    assert cli.status()["stable"] == refs["1"]
+    assert version_split(cli, 10) == Counter({"1": 10})
+
+
+def test_the_audit_log_is_tamper_evident(project: tuple[Canarist, dict[str, str]]) -> None:
+    """`history --verify` passes on the real log and fails once an entry is edited."""
+    import sqlite3
+
+    cli, _ = project
+    result = cli("history", "web", "--verify")
+    assert "audit log intact" in result.stderr
+    db = sqlite3.connect(cli.root / ".canarist" / "state.db")
+    with db:
+        db.execute("UPDATE events SET detail = '{}' WHERE id = 3")
+    db.close()
+    broken = cli("history", "web", "--verify", check=False)
+    assert broken.code == 1
+    assert "entry 3" in broken.stderr
+
+
 def processes_under(root: Path) -> list[str]:
     """Command lines of live processes that run from this project's directory."""
     found = []

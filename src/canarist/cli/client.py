@@ -90,6 +90,11 @@ class ControllerClient:
         result: dict[str, Any] = self._call("GET", f"/v1/rollouts/{rollout_id}")
         return result
 
+    def audit_log(self) -> dict[str, Any]:
+        """Whether the audit log's hash chain is intact."""
+        result: dict[str, Any] = self._call("GET", "/v1/audit-log")
+        return result
+
     def reload(self) -> dict[str, Any]:
         """Re-read the spec."""
         result: dict[str, Any] = self._call("POST", "/v1/reload", json={})

@@ -389,10 +389,19 @@ def history(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option(help="How many rollouts.")] = 20,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the audit log's hash chain (exit 1 if broken).")
+    ] = False,
 ) -> None:
     """Past rollouts with outcome and reason."""
     with handled():
-        items = _client(config).history(service, limit)
+        client = _client(config)
+        items = client.history(service, limit)
+        if verify:
+            check = client.audit_log()
+            if not check["intact"]:
+                fail(f"audit log tampered with: entry {check['first_broken']} does not chain", 1)
+            err.print("audit log intact", highlight=False)
     if as_json:
         print(json.dumps(items, indent=2))
         return

@@ -77,6 +77,10 @@ def make_app(
         limit = int(request.query.get("limit", "50"))
         return web.json_response(engine.history(request.match_info["service"], limit))
 
+    async def audit_log(request: web.Request) -> web.Response:
+        broken = engine.verify_log()
+        return web.json_response({"intact": broken is None, "first_broken": broken})
+
     async def rollout(request: web.Request) -> web.Response:
         found = engine.rollout(int(request.match_info["id"]))
         if found is None:
@@ -104,6 +108,7 @@ def make_app(
             web.post("/v1/rollback", rollback),
             web.get("/v1/history/{service}", history),
             web.get("/v1/rollouts/{id}", rollout),
+            web.get("/v1/audit-log", audit_log),
             web.post("/v1/reload", reload_spec),
             web.post("/v1/shutdown", shutdown),
         ]

@@ -20,7 +20,7 @@ from typing import IO
 from aiohttp import web
 
 from canarist.controller.api import make_app
-from canarist.controller.engine import Engine, _ServiceRuntime
+from canarist.controller.engine import Engine
 from canarist.controller.providers import group_drivers
 from canarist.domain.spec import DeploymentSpec, parse_spec
 from canarist.errors import ConfigError, ControllerUnavailable
@@ -85,9 +85,8 @@ async def serve(home: Home) -> None:
 
     def reload() -> None:
         fresh = load_spec(home.config)
-        for name in fresh.services:
-            engine._runtime.setdefault(name, _ServiceRuntime())
-        engine.spec = fresh
+        fresh_groups = {n: d for n, d in group_drivers(fresh).items() if n not in engine.groups}
+        engine.replace_spec(fresh, fresh_groups)
         log.info("spec reloaded: %s", ", ".join(sorted(fresh.services)))
 
     app = make_app(engine, token, stop, reload)

@@ -233,6 +233,19 @@ class Engine:
             )
             return self._begin(state, previous, "rollback", plan)
 
+    def replace_spec(self, spec: DeploymentSpec, groups: Mapping[str, GroupDrivers]) -> None:
+        """Take a re-read spec (`canarist up` while running); services new to it get their
+        drivers, services already running keep theirs."""
+        for name in spec.services:
+            self._runtime.setdefault(name, _ServiceRuntime())
+        for name, drivers in groups.items():
+            self.groups.setdefault(name, drivers)
+        self.spec = spec
+
+    def verify_log(self) -> int | None:
+        """The id of the first audit entry whose hash chain is broken, or None."""
+        return self.store.verify_log()
+
     def _require_active(self, service: str) -> Rollout:
         rollout = self.store.active_rollout(service)
         if rollout is None:
