@@ -304,6 +304,24 @@ def status(
             for item in items:
                 out.print(render_status(item))
             return
+        if not out.is_terminal:
+            # Piped or logged: a new snapshot whenever something changes, one JSON per line
+            # with --json, else the table.
+            last = None
+            try:
+                while True:
+                    items = client.status(service)
+                    seen = json.dumps(items, sort_keys=True, default=str)
+                    if seen != last:
+                        last = seen
+                        if as_json:
+                            print(json.dumps(items), flush=True)
+                        else:
+                            for item in items:
+                                out.print(render_status(item))
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                return
         with Live(console=out, refresh_per_second=4) as live:
             try:
                 while True:
