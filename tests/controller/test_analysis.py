@@ -161,3 +161,42 @@ async def test_other_judges_are_wired_too(tmp_path: Path, judge: str) -> None:
     await start_canary(world)
     await live(world, random.Random(3), canary_error=1.0, ticks=400)
     assert world.engine.history("web")[0]["phase"] == "rolled_back"
+
+
+async def test_a_restarted_controller_keeps_the_evidence(tmp_path: Path) -> None:
+    """The judge's evidence survives a controller restart: replayed, then counted on."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    rng = random.Random(5)
+    await live(world, rng, canary_error=0.005, ticks=40)  # 10 s of healthy traffic
+    before = world.status()["analysis"]
+    assert before["canary_requests"] > 0
+    rollout_id = world.engine.history("web")[0]["id"]
+    assert len(world.store.observations(rollout_id)) >= 5
+    world.engine = world.new_engine()  # the controller restarts
+    await live(world, rng, canary_error=0.005, ticks=4)
+    after = world.status()["analysis"]
+    assert after["canary_requests"] > before["canary_requests"]  # counted on, not from zero
+    assert after["elapsed"] > before["elapsed"]
+    verdicts = [
+        e for e in world.engine.history("web")[0]["events"] if e["kind"] == "analysis.started"
+    ]
+    assert len(verdicts) == 1  # resumed, not begun again
+
+
+async def test_evidence_from_before_a_restart_counts_toward_a_rollback(tmp_path: Path) -> None:
+    """Counts seen before the restart and after it add up in the one decision."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    rng = random.Random(6)
+    await live(world, rng, canary_error=0.05, ticks=2)
+    assert world.status()["phase"] == "progressing"
+    before = world.status()["analysis"]["canary_requests"]
+    assert before > 0
+    world.engine = world.new_engine()
+    await live(world, rng, canary_error=0.2, ticks=200)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back"
+    ended = next(e for e in history["events"] if e["kind"] == "rollout.rolled_back")
+    since_restart = world.metrics.counts["web"][world.v2][0]
+    assert ended["detail"]["analysis"]["canary_requests"] == before + since_restart

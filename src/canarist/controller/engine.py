@@ -341,16 +341,27 @@ class Engine:
                     log.warning("%s: metrics reset: %s", rollout.service, exc)
                     return None
             runtime.window = {}
-            watch = runtime.watch = Watch.begin(svc.analysis, rollout.id, now)
-            self.store.record(
-                rollout.service, "analysis.started", {"judge": watch.judge}, rollout.id
-            )
+            evidence = self.store.observations(rollout.id)
+            if evidence:
+                # A restarted controller: the judge replays what was recorded and goes on.
+                watch = runtime.watch = Watch.resume(svc.analysis, rollout.id, evidence)
+                watch.recorded = watch.verdict.outcome if watch.verdict else None
+            else:
+                watch = runtime.watch = Watch.begin(svc.analysis, rollout.id, now)
+                watch.last = watch.persisted = watch.last._replace(at=now)
+                self.store.add_observation(rollout.id, watch.last)
+                self.store.record(
+                    rollout.service, "analysis.started", {"judge": watch.judge}, rollout.id
+                )
         analyzing = svc.analysis.background or isinstance(rollout.current, Analyze)
         if analyzing:
             window = runtime.window
             watch.observe(
                 svc.analysis, now, window.get(rollout.release), window.get(rollout.previous or "")
             )
+            row = watch.to_persist()
+            if row is not None:
+                self.store.add_observation(rollout.id, row)
         verdict = watch.verdict
         if verdict is not None and verdict.outcome != watch.recorded:
             watch.recorded = verdict.outcome

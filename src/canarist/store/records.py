@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 InstanceState = Literal["starting", "running", "draining", "stopping", "stopped", "failed"]
 LIVE_STATES: tuple[InstanceState, ...] = ("starting", "running", "draining", "stopping")
@@ -51,3 +51,13 @@ class Event:
     kind: str
     detail: dict[str, object]
     hash: str
+
+
+class ObservationRow(NamedTuple):
+    """One point of a rollout's analysis: cumulative counts of both releases at `at`."""
+
+    at: float
+    canary_requests: int
+    canary_failures: int
+    baseline_requests: int
+    baseline_failures: int

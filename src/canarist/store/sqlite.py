@@ -15,7 +15,14 @@ from typing import Any
 from canarist.domain.plan import plan_from_list, plan_to_list
 from canarist.domain.rollout import Phase, Rollout
 from canarist.errors import CanaristError
-from canarist.store.records import LIVE_STATES, Event, InstanceRecord, InstanceState, ServiceState
+from canarist.store.records import (
+    LIVE_STATES,
+    Event,
+    InstanceRecord,
+    InstanceState,
+    ObservationRow,
+    ServiceState,
+)
 
 # Each entry moves the schema one version forward; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -48,6 +55,15 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL, service TEXT NOT NULL, rollout_id INTEGER,
         kind TEXT NOT NULL, detail TEXT NOT NULL,
         prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+    );
+    """,
+    # 2: the evidence of each rollout's analysis, so a restarted controller replays it.
+    """
+    CREATE TABLE observations (
+        rollout_id INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
+        canary_requests INTEGER NOT NULL, canary_failures INTEGER NOT NULL,
+        baseline_requests INTEGER NOT NULL, baseline_failures INTEGER NOT NULL,
+        PRIMARY KEY (rollout_id, seq)
     );
     """,
 )
@@ -237,6 +253,26 @@ class SQLiteStore:
             "DELETE FROM instances WHERE state IN ('stopped', 'failed') AND started_at < ?",
             (before,),
         )
+
+    # -- analysis evidence --------------------------------------------------------------
+
+    def add_observation(self, rollout_id: int, observation: ObservationRow) -> None:
+        """Append one point of a rollout's analysis (cumulative counts at `at`)."""
+        self._db.execute(
+            "INSERT INTO observations (rollout_id, seq, at, canary_requests, canary_failures,"
+            " baseline_requests, baseline_failures) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1"
+            " FROM observations WHERE rollout_id = ?), ?, ?, ?, ?, ?)",
+            (rollout_id, rollout_id, *observation),
+        )
+
+    def observations(self, rollout_id: int) -> list[ObservationRow]:
+        """A rollout's analysis points, in order."""
+        rows = self._db.execute(
+            "SELECT at, canary_requests, canary_failures, baseline_requests, baseline_failures"
+            " FROM observations WHERE rollout_id = ? ORDER BY seq",
+            (rollout_id,),
+        ).fetchall()
+        return [ObservationRow(*row) for row in rows]
 
     # -- audit log ----------------------------------------------------------------------
 
