@@ -164,3 +164,56 @@ def test_canarist_push_uploads_a_release_by_label(
     assert S3ArtifactStore(aws, "pushed").list() == [ref]
     assert "already in" in cli("push", "v1", "--bucket", "pushed").stdout
     assert cli("push", "nope", "--bucket", "pushed", check=False).code == 2
+
+
+def test_push_with_a_lambda_package(aws: Any, moto_endpoint: str, tmp_path: Path) -> None:
+    """`push --lambda` puts a zip beside the release: its app files and its dependencies,
+    the same bytes every time; the Lambda platform publishes a version from it."""
+    import asyncio
+    import io
+    import json
+    import zipfile
+
+    from canarist.platforms.aws_lambda import LambdaPlatform
+    from tests.e2e.harness import Canarist
+
+    aws.client("s3").create_bucket(
+        Bucket="functions", CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    cli = Canarist(tmp_path, 0)
+    cli.env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": moto_endpoint,
+        }
+    )
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "handler.py").write_text("import six\ndef main(event, context):\n    return six.PY3\n")
+    (app / "pyproject.toml").write_text(
+        '[project]\ndependencies = ["six==1.16.0"]\n'
+        '[tool.canarist.app]\ncommand = ["python", "handler.py"]\n'
+    )
+    ref = cli("build", str(app)).stdout.strip().splitlines()[-1]
+    cli("push", ref, "--bucket", "functions", "--lambda")
+    platform = LambdaPlatform(aws, "checkout", bucket="functions")
+    s3 = aws.client("s3")
+    body = s3.get_object(Bucket="functions", Key=platform.package_key(ref))["Body"].read()
+    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    assert "handler.py" in names and "six.py" in names and "pyproject.toml" in names
+    cli("push", ref, "--bucket", "functions", "--lambda")
+    again = s3.get_object(Bucket="functions", Key=platform.package_key(ref))["Body"].read()
+    assert again == body  # reproducible
+    role = aws.client("iam").create_role(
+        RoleName="fn", AssumeRolePolicyDocument=json.dumps({"Statement": []})
+    )["Role"]["Arn"]
+    aws.client("lambda").create_function(
+        FunctionName="checkout",
+        Runtime="python3.11",
+        Role=role,
+        Handler="handler.main",
+        Code={"ZipFile": body},
+    )
+    assert asyncio.run(platform.prepare(ref)) == "1"

@@ -127,6 +127,9 @@ def push(
     bucket: Annotated[str, typer.Option(help="The S3 bucket of the artifact store.")],
     prefix: Annotated[str, typer.Option(help="Key prefix in the bucket.")] = "releases",
     region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
+    lambda_zip: Annotated[
+        bool, typer.Option("--lambda", help="Also upload its Lambda deployment package.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Upload a release to the S3 artifact store (AWS platforms fetch it by digest)."""
@@ -134,7 +137,9 @@ def push(
 
     with handled():
         home = Home.for_artifacts(config)
-        pushed, ref = push_release(home.artifacts, home.venvs, release, bucket, prefix, region)
+        pushed, ref = push_release(
+            home.artifacts, home.venvs, release, bucket, prefix, region, lambda_zip
+        )
     out.print(f"{'pushed' if pushed else 'already in'} s3://{bucket}/{prefix}: {short(ref)}")
 
 

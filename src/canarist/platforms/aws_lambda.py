@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING
 from canarist.aws.clients import aws_call
 from canarist.domain.release import parse_reference, reference_hex, short_reference
 from canarist.errors import AWSError, ConfigError
+from canarist.releases.lambda_package import PACKAGE
 
 if TYPE_CHECKING:
     from boto3.session import Session
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_lambda.type_defs import FunctionConfigurationResponseTypeDef
 
-PACKAGE = "lambda.zip"
 _UPDATE_TIMEOUT = 300.0  # seconds for Lambda to finish taking new code or configuration
 
 

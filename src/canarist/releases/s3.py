@@ -207,11 +207,28 @@ def _file_sha256(path: Path) -> str:
 
 
 def push_release(
-    artifacts: Path, venvs: Path, release: str, bucket: str, prefix: str, region: str | None
+    artifacts: Path,
+    venvs: Path,
+    release: str,
+    bucket: str,
+    prefix: str,
+    region: str | None,
+    lambda_zip: bool = False,
 ) -> tuple[bool, str]:
-    """Push a release of the local store at `artifacts` to S3; (uploaded?, reference)."""
+    """Push a release of the local store at `artifacts` to S3; (uploaded?, reference).
+
+    With `lambda_zip`, its Lambda deployment package goes beside it too.
+    """
+    from canarist.releases.lambda_package import PACKAGE, lambda_package
+
     local = LocalArtifactStore(artifacts, venv_root=venvs)
     ref = local.resolve(release)
     with aws_call(f"push {ref} to s3://{bucket}/{prefix}"):
-        store = S3ArtifactStore(session(region=region), bucket, prefix)
-    return store.push(local, ref), ref
+        aws = session(region=region)
+        store = S3ArtifactStore(aws, bucket, prefix)
+        pushed = store.push(local, ref)
+        if lambda_zip:
+            aws.client("s3").put_object(
+                Bucket=bucket, Key=store.key(ref, PACKAGE), Body=lambda_package(local, ref)
+            )
+    return pushed, ref

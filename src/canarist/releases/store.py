@@ -214,22 +214,23 @@ class LocalArtifactStore:
     def prepare(self, ref: str) -> RunnableRelease:
         """Verify the release in full and build (or reuse) its offline venv."""
         manifest = self.verify(ref)
-
-        def extract_wheels(wheel_dir: Path) -> list[Path]:
-            # Extracted from a fresh read, each checked again: the archive may change after verify.
-            written: list[Path] = []
-
-            def sink(item: FileEntry | WheelEntry) -> IO[bytes] | None:
-                if isinstance(item, FileEntry):
-                    return None
-                written.append(wheel_dir / item.filename)
-                return _create_exclusive(written[-1])
-
-            self._stream(ref, manifest, self._entry(ref) / ARCHIVE, sink)
-            return written
-
-        venv = self.venvs.ensure(ref, extract_wheels)
+        venv = self.venvs.ensure(ref, lambda wheel_dir: self.extract_wheels(ref, wheel_dir))
         return RunnableRelease(ref=ref, command=manifest.command, health=manifest.health, venv=venv)
+
+    def extract_wheels(self, ref: str, wheel_dir: Path) -> builtins.list[Path]:
+        """Write the release's wheels into `wheel_dir`, each checked against the manifest."""
+        manifest = self.manifest(ref)
+        written: builtins.list[Path] = []
+
+        def sink(item: FileEntry | WheelEntry) -> IO[bytes] | None:
+            if isinstance(item, FileEntry):
+                return None  # still read and checked
+            written.append(wheel_dir / item.filename)
+            return _create_exclusive(written[-1])
+
+        # A fresh read, each entry checked again: the archive may change after a verify.
+        self._stream(ref, manifest, self._entry(ref) / ARCHIVE, sink)
+        return written
 
     def unpack(self, ref: str, dest: Path) -> None:
         """Fresh, read-only unpack of the app files into `dest`, each checked while extracting.
