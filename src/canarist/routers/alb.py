@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from canarist.aws.clients import aws_call
 from canarist.errors import ConfigError, RouterError
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
+from canarist.routers.by_release import ServiceBook
 from canarist.routers.weights import (
     ALB_MAX_TARGET_GROUPS,
     check_percents,
@@ -153,14 +154,13 @@ class AlbRouter:
     def __init__(self, session: Session, settings: AlbSettings) -> None:
         self.settings = settings
         self.client: ElasticLoadBalancingv2Client = session.client("elbv2")
-        self._routes: dict[str, ServiceRoute] = {}
+        self._services = ServiceBook(settings.services, "ALB")
         self._releases: dict[str, dict[str, str]] = {}  # service -> target group ARN -> release
-        self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self, services: Sequence[ServiceRoute]) -> None:
         """Check each service's listener or rule exists and may be rewritten; nothing is created."""
         for route in services:
-            conf = self._conf(route.name)
+            conf = self._services.conf(route.name)
             if conf.listener_arn is not None:
                 protocol = await asyncio.to_thread(self._listener_protocol, conf.listener_arn)
                 if protocol not in ("HTTP", "HTTPS"):
@@ -169,11 +169,11 @@ class AlbRouter:
                         " target groups (an ALB listener is HTTP or HTTPS)"
                     )
             check_actions(_where(conf), await asyncio.to_thread(self._actions, conf))
-            self._routes[route.name] = route
+            self._services.add(route)
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge the service's forward to `table`'s weights, then read it back."""
-        conf, route = self._routed(service)
+        conf, route = self._services.routed(service)
         if not table.weights:
             # AWS's data plane outlives the controller: an empty table (the controller
             # shutting down) leaves the load balancer forwarding as it does.
@@ -181,7 +181,7 @@ class AlbRouter:
             return
         sticky = conf.sticky if conf.sticky is not None else route.sticky
         desired = desired_forward(table, conf.stickiness_seconds if sticky else None)
-        async with self._lock(service):
+        async with self._services.lock(service):
             self._remember(service, table)
             actions = await asyncio.to_thread(self._actions, conf)
             check_actions(_where(conf), actions)
@@ -200,7 +200,7 @@ class AlbRouter:
 
         A target group canarist has not routed since it started is reported by its ARN.
         """
-        conf = self._conf(service)
+        conf = self._services.conf(service)
         forward = current_forward(await asyncio.to_thread(self._actions, conf))
         if forward is None:
             return {}
@@ -217,23 +217,6 @@ class AlbRouter:
 
     async def stop(self) -> None:
         """Nothing to stop: the load balancer keeps forwarding without canarist."""
-
-    def _conf(self, service: str) -> AlbService:
-        conf = self.settings.services.get(service)
-        if conf is None:
-            known = ", ".join(sorted(self.settings.services)) or "none"
-            raise ConfigError(f"service {service!r} has no ALB settings (configured: {known})")
-        return conf
-
-    def _routed(self, service: str) -> tuple[AlbService, ServiceRoute]:
-        conf = self._conf(service)
-        route = self._routes.get(service)
-        if route is None:
-            raise RouterError(f"service {service!r} is not routed; call ensure first")
-        return conf, route
-
-    def _lock(self, service: str) -> asyncio.Lock:
-        return self._locks.setdefault(service, asyncio.Lock())
 
     def _remember(self, service: str, table: RouteTable) -> None:
         names = self._releases.setdefault(service, {})

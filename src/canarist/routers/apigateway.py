@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from canarist.aws.clients import aws_call
 from canarist.errors import ConfigError, RouterError
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
+from canarist.routers.by_release import ServiceBook
 from canarist.routers.weights import check_percents, percent_to_apigateway
 
 if TYPE_CHECKING:
@@ -157,33 +158,32 @@ class ApiGatewayRouter:
     def __init__(self, session: Session, settings: ApiGatewaySettings) -> None:
         self.settings = settings
         self.client: APIGatewayClient = session.client("apigateway")
-        self._routes: dict[str, ServiceRoute] = {}
+        self._services = ServiceBook(settings.services, "API Gateway")
         self._deployments: dict[str, dict[str, str]] = {}  # service -> release -> deployment
-        self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self, services: Sequence[ServiceRoute]) -> None:
         """Check each service's stage exists; the canary is made by the steps that need it."""
         for route in services:
-            await asyncio.to_thread(self._get_stage, self._conf(route.name))
-            self._routes[route.name] = route
+            await asyncio.to_thread(self._get_stage, self._services.conf(route.name))
+            self._services.add(route)
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge the stage to `table`: move the canary's percent, or promote at 100 %."""
-        conf = self._routed(service)
+        conf = self._services.routed(service)[0]
         if not table.weights:
             # AWS's data plane outlives the controller: an empty table (the controller
             # shutting down) leaves the stage serving as it does.
             log.info("apigateway %s: empty route table, stage left as it is", service)
             return
         wanted = serving(table)
-        async with self._lock(service):
+        async with self._services.lock(service):
             self._deployments.setdefault(service, {}).update(table.targets)
             current = await asyncio.to_thread(self._get_stage, conf)
             await self._converge(service, conf, current, routing_for(wanted, current.deployment))
 
     async def promote(self, service: str, release: str, deployment: str | None = None) -> None:
         """Serve `release`'s deployment (the last table's, unless given), without a canary."""
-        conf = self._routed(service)
+        conf = self._services.routed(service)[0]
         known = self._deployments.setdefault(service, {})
         target = deployment if deployment is not None else known.get(release)
         if target is None:
@@ -192,15 +192,15 @@ class ApiGatewayRouter:
                 " that names it first"
             )
         routing = StageRouting(check_deployment(release, target))
-        async with self._lock(service):
+        async with self._services.lock(service):
             known[release] = target
             current = await asyncio.to_thread(self._get_stage, conf)
             await self._converge(service, conf, current, routing)
 
     async def rollback(self, service: str) -> None:
         """Remove the stage's canary: every request back to the stage's own deployment."""
-        conf = self._routed(service)
-        async with self._lock(service):
+        conf = self._services.routed(service)[0]
+        async with self._services.lock(service):
             current = await asyncio.to_thread(self._get_stage, conf)
             await self._converge(service, conf, current, StageRouting(current.deployment))
 
@@ -209,7 +209,7 @@ class ApiGatewayRouter:
 
         A deployment canarist has not routed since it started is reported by its id.
         """
-        routing = await asyncio.to_thread(self._get_stage, self._conf(service))
+        routing = await asyncio.to_thread(self._get_stage, self._services.conf(service))
         names = {d: r for r, d in self._deployments.get(service, {}).items()}
         return {names.get(d, d): p for d, p in routing.percents().items()}
 
@@ -238,24 +238,6 @@ class ApiGatewayRouter:
             raise RouterError(
                 f"{_where(conf)}: asked for {_describe(desired)}, AWS reports {_describe(seen)}"
             )
-
-    def _conf(self, service: str) -> ApiGatewayService:
-        conf = self.settings.services.get(service)
-        if conf is None:
-            known = ", ".join(sorted(self.settings.services)) or "none"
-            raise ConfigError(
-                f"service {service!r} has no API Gateway settings (configured: {known})"
-            )
-        return conf
-
-    def _routed(self, service: str) -> ApiGatewayService:
-        conf = self._conf(service)
-        if service not in self._routes:
-            raise RouterError(f"service {service!r} is not routed; call ensure first")
-        return conf
-
-    def _lock(self, service: str) -> asyncio.Lock:
-        return self._locks.setdefault(service, asyncio.Lock())
 
     def _get_stage(self, conf: ApiGatewayService) -> StageRouting:
         with aws_call(f"apigateway get_stage {_where(conf)}"):

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from canarist.aws.clients import aws_call
 from canarist.errors import AWSError, ConfigError, RouterError
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
+from canarist.routers.by_release import ServiceBook
 from canarist.routers.weights import check_percents, percent_to_lambda
 
 if TYPE_CHECKING:
@@ -149,27 +150,26 @@ class LambdaAliasRouter:
     def __init__(self, session: Session, settings: LambdaAliasSettings) -> None:
         self.settings = settings
         self.client: LambdaClient = session.client("lambda")
-        self._routes: dict[str, ServiceRoute] = {}
+        self._services = ServiceBook(settings.services, "Lambda alias")
         self._versions: dict[str, dict[str, str]] = {}  # service -> release -> version
-        self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self, services: Sequence[ServiceRoute]) -> None:
         """Check each service's function exists; the first apply creates a missing alias."""
         for route in services:
-            conf = self._conf(route.name)
+            conf = self._services.conf(route.name)
             await asyncio.to_thread(self._check_function, conf)
-            self._routes[route.name] = route
+            self._services.add(route)
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge the alias to `table`: move the additional weight, or promote at 100 %."""
-        conf = self._routed(service)
+        conf = self._services.routed(service)[0]
         if not table.weights:
             # AWS's data plane outlives the controller: an empty table (the controller
             # shutting down) leaves the alias routing as it does.
             log.info("lambda %s: empty route table, alias left as it is", service)
             return
         wanted = shares_of(table)
-        async with self._lock(service):
+        async with self._services.lock(service):
             self._remember(service, table)
             alias = await asyncio.to_thread(self._get_alias, conf)
             primary = alias.routing.version if alias is not None else None
@@ -177,7 +177,7 @@ class LambdaAliasRouter:
 
     async def promote(self, service: str, release: str, version: str | None = None) -> None:
         """Point the alias at `release`'s version (the last table's target unless given) alone."""
-        conf = self._routed(service)
+        conf = self._services.routed(service)[0]
         target = version if version is not None else self._versions.get(service, {}).get(release)
         if target is None:
             raise ConfigError(
@@ -185,7 +185,7 @@ class LambdaAliasRouter:
                 " that names it first"
             )
         routing = AliasRouting(check_version(release, target))
-        async with self._lock(service):
+        async with self._services.lock(service):
             if version is not None:
                 self._versions.setdefault(service, {})[release] = version
             alias = await asyncio.to_thread(self._get_alias, conf)
@@ -193,8 +193,8 @@ class LambdaAliasRouter:
 
     async def rollback(self, service: str) -> None:
         """Clear the alias's additional weight: all traffic back to its primary version."""
-        conf = self._routed(service)
-        async with self._lock(service):
+        conf = self._services.routed(service)[0]
+        async with self._services.lock(service):
             alias = await asyncio.to_thread(self._get_alias, conf)
             if alias is None:
                 raise RouterError(f"{_where(conf)} does not exist; nothing to roll back")
@@ -205,7 +205,7 @@ class LambdaAliasRouter:
 
         A version canarist has not routed since it started is reported by its number.
         """
-        alias = await asyncio.to_thread(self._get_alias, self._conf(service))
+        alias = await asyncio.to_thread(self._get_alias, self._services.conf(service))
         if alias is None:
             return {}
         names = {v: r for r, v in self._versions.get(service, {}).items()}
@@ -242,24 +242,6 @@ class LambdaAliasRouter:
                 f"{_where(conf)}: asked for {_describe(routing)}, AWS reports"
                 f" {_describe(seen.routing if seen else None)}"
             )
-
-    def _conf(self, service: str) -> LambdaAliasService:
-        conf = self.settings.services.get(service)
-        if conf is None:
-            known = ", ".join(sorted(self.settings.services)) or "none"
-            raise ConfigError(
-                f"service {service!r} has no Lambda alias settings (configured: {known})"
-            )
-        return conf
-
-    def _routed(self, service: str) -> LambdaAliasService:
-        conf = self._conf(service)
-        if service not in self._routes:
-            raise RouterError(f"service {service!r} is not routed; call ensure first")
-        return conf
-
-    def _lock(self, service: str) -> asyncio.Lock:
-        return self._locks.setdefault(service, asyncio.Lock())
 
     def _remember(self, service: str, table: RouteTable) -> None:
         self._versions.setdefault(service, {}).update(table.targets)

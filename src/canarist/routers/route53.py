@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from canarist.aws.clients import aws_call
 from canarist.errors import ConfigError, RouterError
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
+from canarist.routers.by_release import ServiceBook
 from canarist.routers.weights import check_percents, percent_to_route53, shares
 
 if TYPE_CHECKING:
@@ -242,13 +243,12 @@ class Route53Router:
     def __init__(self, session: Session, settings: Route53Settings) -> None:
         self.settings = settings
         self.client: Route53Client = session.client("route53")
-        self._routes: dict[str, ServiceRoute] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._services = ServiceBook(settings.services, "Route 53")
 
     async def ensure(self, services: Sequence[ServiceRoute]) -> None:
         """Check each service's zone, name and health checks; Route 53 needs nothing created."""
         for route in services:
-            conf = self._conf(route.name)
+            conf = self._services.conf(route.name)
             zone = await asyncio.to_thread(self._zone_name, conf.hosted_zone_id)
             name = fqdn(conf.record_name)
             if name != zone and not name.endswith("." + zone):
@@ -263,11 +263,11 @@ class Route53Router:
                         f"service {route.name!r}: {name} {conf.record_type} already has a"
                         " record without a weight; give canarist a name of its own"
                     )
-            self._routes[route.name] = route
+            self._services.add(route)
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge the service's weighted records to `table`, then read them back."""
-        conf = self._routed(service)
+        conf = self._services.routed(service)[0]
         if not table.weights:
             # AWS's data plane outlives the controller: an empty table (the controller
             # shutting down) leaves the records answering as they are.
@@ -275,7 +275,7 @@ class Route53Router:
             return
         asked = desired_records(conf, table)
         name = fqdn(conf.record_name)
-        async with self._lock(service):
+        async with self._services.lock(service):
             current = await asyncio.to_thread(self._record_sets, conf)
             desired = resolve(asked, weighted_records(conf.record_type, current))
             changes = plan_changes(name, conf.record_type, current, desired)
@@ -301,7 +301,7 @@ class Route53Router:
 
     async def read_weights(self, service: str) -> dict[str, float]:
         """Each release's share of DNS answers (percent), from its record's weight."""
-        conf = self._conf(service)
+        conf = self._services.conf(service)
         current = await asyncio.to_thread(self._record_sets, conf)
         records = weighted_records(conf.record_type, current).values()
         if records and all(r.weight == 0 for r in records):
@@ -318,22 +318,6 @@ class Route53Router:
 
     async def stop(self) -> None:
         """Nothing to stop: the records keep answering without canarist."""
-
-    def _conf(self, service: str) -> Route53Service:
-        conf = self.settings.services.get(service)
-        if conf is None:
-            known = ", ".join(sorted(self.settings.services)) or "none"
-            raise ConfigError(f"service {service!r} has no Route 53 settings (configured: {known})")
-        return conf
-
-    def _routed(self, service: str) -> Route53Service:
-        conf = self._conf(service)
-        if service not in self._routes:
-            raise RouterError(f"service {service!r} is not routed; call ensure first")
-        return conf
-
-    def _lock(self, service: str) -> asyncio.Lock:
-        return self._locks.setdefault(service, asyncio.Lock())
 
     async def _wait_in_sync(self, change_id: str) -> None:
         timeout = self.settings.sync_timeout
