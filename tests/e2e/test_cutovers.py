@@ -345,6 +345,7 @@ def test_the_audit_log_is_tamper_evident(project: tuple[Canarist, dict[str, str]
     cli, _ = project
     result = cli("history", "web", "--verify")
     assert "audit log intact" in result.stderr
+    assert "#1 initial" in result.stdout and "aborted after" in result.stdout
     db = sqlite3.connect(cli.root / ".canarist" / "state.db")
     with db:
         db.execute("UPDATE events SET detail = '{}' WHERE id = 3")

@@ -59,6 +59,11 @@ def _client(config: Path | None) -> Any:
     return ControllerClient(Home.locate(config))
 
 
+def _hex(ref: str | None) -> str:
+    """The first 12 hex digits of a reference: enough to tell releases apart in a table."""
+    return "-" if not ref else ref.removeprefix("sha256:")[:12]
+
+
 def short(ref: str | None) -> str:
     """sha256:abcdef012345 form of a reference."""
     return "-" if not ref else ref[:19]
@@ -428,20 +433,20 @@ def history(
     if as_json:
         print(json.dumps(items, indent=2))
         return
-    table = Table("id", "release", "from", "strategy", "outcome", "started", "took", "reason")
+    # One entry per rollout, the reason on its own line: readable at any terminal width.
     for r in items:
         took = (r["ended_at"] or time.time()) - r["created_at"]
-        table.add_row(
-            str(r["id"]),
-            short(r["release"]),
-            short(r["previous"]),
-            r["strategy"],
-            r["phase"],
-            time.strftime("%H:%M:%S", time.localtime(r["created_at"])),
-            f"{took:.1f}s",
-            r["reason"],
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+        colour = {"promoted": "green", "rolled_back": "red", "aborted": "yellow"}.get(
+            r["phase"], "cyan"
         )
-    out.print(table)
+        out.print(
+            f"#{r['id']} [bold]{r['strategy']}[/] {_hex(r['release'])} ← {_hex(r['previous'])}"
+            f"  [{colour}]{r['phase']}[/] after {took:.1f}s  ({started})",
+            highlight=False,
+        )
+        if r["reason"]:
+            out.print(f"    {r['reason']}", markup=False, highlight=False)
 
 
 @app.command()
