@@ -11,24 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from canarist.controller.engine import GroupDrivers
 from canarist.domain.spec import DeploymentSpec
-from canarist.domain.validation import config_error
+from canarist.domain.validation import parse_settings
 from canarist.errors import AWSError, ConfigError
 from canarist.metrics.base import Metrics
 from canarist.platforms.base import GroupPlatform
 from canarist.routers.base import Router
 
 Section = Mapping[str, Any]
-
-
-def _settings(model: Any, data: Any, where: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise config_error(exc, where) from exc
 
 
 def _section(aws: Section, key: str, service: str) -> dict[str, Any]:
@@ -45,7 +36,7 @@ def _autoscaling(service: str, aws: Section, session: Any) -> GroupPlatform:
     from canarist.platforms.autoscaling import AutoScalingPlatform, AutoScalingSettings
 
     data = {**_section(aws, "autoscaling", service), "service": service}
-    settings = _settings(AutoScalingSettings, data, f"services.{service}.aws.autoscaling")
+    settings = parse_settings(AutoScalingSettings, data, f"services.{service}.aws.autoscaling")
     return AutoScalingPlatform(session, settings)
 
 
@@ -82,7 +73,7 @@ def _external(service: str, aws: Section, session: Any) -> GroupPlatform:
 def _route53(service: str, aws: Section, session: Any) -> Router:
     from canarist.routers.route53 import Route53Router, Route53Service, Route53Settings
 
-    body = _settings(
+    body = parse_settings(
         Route53Service, _section(aws, "route53", service), f"services.{service}.aws.route53"
     )
     return Route53Router(session, Route53Settings(services={service: body}))
@@ -91,7 +82,7 @@ def _route53(service: str, aws: Section, session: Any) -> Router:
 def _alb(service: str, aws: Section, session: Any) -> Router:
     from canarist.routers.alb import AlbRouter, AlbService, AlbSettings
 
-    body = _settings(AlbService, _section(aws, "alb", service), f"services.{service}.aws.alb")
+    body = parse_settings(AlbService, _section(aws, "alb", service), f"services.{service}.aws.alb")
     return AlbRouter(session, AlbSettings(services={service: body}))
 
 
@@ -103,7 +94,7 @@ def _lambda_alias(service: str, aws: Section, session: Any) -> Router:
     )
 
     where = f"services.{service}.aws.lambda_alias"
-    body = _settings(LambdaAliasService, _section(aws, "lambda_alias", service), where)
+    body = parse_settings(LambdaAliasService, _section(aws, "lambda_alias", service), where)
     return LambdaAliasRouter(session, LambdaAliasSettings(services={service: body}))
 
 
@@ -111,7 +102,7 @@ def _apigateway(service: str, aws: Section, session: Any) -> Router:
     from canarist.routers.apigateway import ApiGatewayRouter, ApiGatewayService, ApiGatewaySettings
 
     where = f"services.{service}.aws.apigateway"
-    body = _settings(ApiGatewayService, _section(aws, "apigateway", service), where)
+    body = parse_settings(ApiGatewayService, _section(aws, "apigateway", service), where)
     return ApiGatewayRouter(session, ApiGatewaySettings(services={service: body}))
 
 
@@ -124,7 +115,7 @@ def _cloudwatch(service: str, aws: Section, session: Any) -> Metrics | None:
     data = _section(aws, "cloudwatch", service)
     source = {k: v for k, v in data.items() if k not in ("period", "latency_statistics", "settle")}
     shared = {k: v for k, v in data.items() if k in ("period", "latency_statistics", "settle")}
-    settings = _settings(
+    settings = parse_settings(
         CloudWatchSettings,
         {**shared, "services": {service: source}},
         f"services.{service}.aws.cloudwatch",

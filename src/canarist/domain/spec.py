@@ -6,10 +6,10 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from canarist.domain.durations import parse_duration
-from canarist.domain.validation import config_error
+from canarist.domain.validation import parse_settings
 from canarist.errors import ConfigError
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -236,7 +236,4 @@ def parse_spec(text: str, source: str = "canarist.yaml") -> DeploymentSpec:
         raise ConfigError(f"{source}{where}: {problem}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
         raise ConfigError(f"{source}: expected a mapping with a 'services' mapping")
-    try:
-        return DeploymentSpec.model_validate(data)
-    except ValidationError as exc:
-        raise config_error(exc, source) from exc
+    return parse_settings(DeploymentSpec, data, source)

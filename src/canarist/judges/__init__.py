@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from pydantic import ValidationError
-
-from canarist.domain.validation import config_error
+from canarist.domain.validation import parse_settings
 from canarist.errors import ConfigError
 from canarist.judges.base import (
     CONTINUE,
@@ -98,11 +96,7 @@ def make_judge(name: str, settings: Mapping[str, object] | None = None) -> Judge
     An unknown name, an unknown setting or a bad value is one ConfigError line.
     """
     model, factory = _entry(name)
-    try:
-        parsed = model.model_validate(dict(settings or {}))
-    except ValidationError as exc:
-        raise config_error(exc, f"judge {name!r}") from exc
-    return factory(parsed)
+    return factory(parse_settings(model, dict(settings or {}), f"judge {name!r}"))
 
 
 def _entry(name: str) -> tuple[type[JudgeSettings], Callable[[JudgeSettings], Judge]]:

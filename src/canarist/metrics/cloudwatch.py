@@ -45,10 +45,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from canarist.aws.clients import aws_call
-from canarist.domain.validation import config_error
+from canarist.domain.validation import parse_settings
 from canarist.errors import ConfigError
 from canarist.metrics.base import ReleaseWindow
 
@@ -115,10 +115,7 @@ class CloudWatchSettings(BaseModel):
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> CloudWatchSettings:
         """Settings from a mapping (a canarist.yaml section); ConfigError on any problem."""
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            raise config_error(exc, "cloudwatch") from None
+        return parse_settings(cls, dict(data), "cloudwatch")
 
 
 @dataclass(frozen=True)

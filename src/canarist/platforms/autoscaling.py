@@ -48,7 +48,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from canarist.aws.clients import aws_call
 from canarist.domain.release import (
@@ -57,7 +57,7 @@ from canarist.domain.release import (
     reference_hex,
     short_reference,
 )
-from canarist.domain.validation import config_error
+from canarist.domain.validation import parse_settings
 from canarist.errors import AWSError, ConfigError, InstanceFailed, UnknownRelease
 from canarist.releases.s3 import S3ArtifactStore
 from canarist.releases.store import ARCHIVE, MANIFEST
@@ -136,10 +136,7 @@ class AutoScalingSettings(BaseModel):
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> AutoScalingSettings:
         """Settings from a mapping (a canarist.yaml section); ConfigError on any problem."""
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as exc:
-            raise config_error(exc, "autoscaling") from None
+        return parse_settings(cls, dict(data), "autoscaling")
 
     def image_for(self, ref: str) -> str:
         """The AMI a release runs on; ConfigError when none is set for it."""
