@@ -8,7 +8,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,7 @@ class SQLiteStore:
             ),
         )
         assert cursor.lastrowid is not None
-        return Rollout(**{**_rollout_fields(rollout), "id": cursor.lastrowid})
+        return replace(rollout, id=cursor.lastrowid)
 
     def save_rollout(self, rollout: Rollout) -> None:
         """Write a rollout's progress."""
@@ -334,23 +334,6 @@ def _chain_hash(
 ) -> str:
     text = json.dumps([prev, repr(at), service, rollout_id, kind, body])
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _rollout_fields(rollout: Rollout) -> dict[str, Any]:
-    return {
-        "id": rollout.id,
-        "service": rollout.service,
-        "release": rollout.release,
-        "previous": rollout.previous,
-        "strategy": rollout.strategy,
-        "plan": rollout.plan,
-        "step": rollout.step,
-        "step_started_at": rollout.step_started_at,
-        "phase": rollout.phase,
-        "created_at": rollout.created_at,
-        "ended_at": rollout.ended_at,
-        "reason": rollout.reason,
-    }
 
 
 def _rollout(row: sqlite3.Row) -> Rollout:
