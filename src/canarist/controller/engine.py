@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import secrets
 import time
@@ -128,6 +129,7 @@ class Engine:
         self._adopted = False
         self._stopping = False
         self._forgotten_at = 0.0
+        self._health_paths: dict[str, str] = {}
 
     # -- commands ----------------------------------------------------------------------
 
@@ -395,8 +397,10 @@ class Engine:
     async def _advance(self, rollout: Rollout) -> None:
         """Move the rollout on when its current step is complete."""
         state = self.store.service(rollout.service)
+        before = copy.deepcopy(state)
         self._enter_step(state, rollout)  # idempotent: re-asserts the step's desired state
-        self.store.save_service(state)
+        if state != before:  # written only when it differs: this runs every tick
+            self.store.save_service(state)
         reason = await self._observe(rollout, state)
         if reason is not None:
             self._end(rollout, "rolled_back", reason)
@@ -556,7 +560,6 @@ class Engine:
     async def _reconcile(self, name: str) -> None:
         svc = self.spec.services[name]
         state = self.store.service(name)
-        runtime = self._runtime[name]
         now = self.clock()
         self._retire_warm(state, now)
         records = self.store.instances(name)
@@ -566,17 +569,26 @@ class Engine:
         records = self.store.instances(name)
         await self._finish_drains(svc, records, now)
         records = self.store.instances(name)
-        table = _table(svc, state, records)
-        try:
-            await self.router.apply(name, table)
-            runtime.applied_weights = dict(state.weights)
-        except DriverError as exc:
-            runtime.applied_weights = None
-            log.warning("%s: router apply failed: %s", name, exc)
+        if not await self._apply_table(name, self.router, _table(svc, state, records), state):
             return
         for record in records:
             if record.state == "stopping" and record.id not in self._tasks:
                 self._spawn(record.id, self._stop_record(record, svc.stop_grace))
+
+    async def _apply_table(
+        self, name: str, router: Router, table: RouteTable, state: ServiceState
+    ) -> bool:
+        """Apply the table; remember which weights are in force (a SetWeight step waits on
+        them). False when the router failed: the next tick tries again."""
+        runtime = self._runtime[name]
+        try:
+            await router.apply(name, table)
+        except DriverError as exc:
+            runtime.applied_weights = None
+            log.warning("%s: router apply failed: %s", name, exc)
+            return False
+        runtime.applied_weights = dict(state.weights)
+        return True
 
     async def _reconcile_group(self, name: str) -> None:
         """Converge a group-run service: size each release's group, route, retire the idle."""
@@ -606,12 +618,7 @@ class Engine:
         table = RouteTable(
             members=(), weights=dict(state.weights), canary=state.canary, targets=targets
         )
-        try:
-            await drivers.router.apply(name, table)
-            runtime.applied_weights = dict(state.weights)
-        except DriverError as exc:
-            runtime.applied_weights = None
-            log.warning("%s: router apply failed: %s", name, exc)
+        if not await self._apply_table(name, drivers.router, table, state):
             return
         # Only once traffic has left them: a group still routed to cannot be removed.
         for release, want in list(state.counts.items()):
@@ -796,10 +803,14 @@ class Engine:
         self.store.save_instance(record)
 
     def _health_path(self, release: str) -> str:
-        try:
-            return self.catalog.health(release)
-        except Exception:  # a release gone from the catalog still gets probed somewhere sane
-            return "/healthz"
+        # Asked every tick (routes, probes); a release never changes, so read it once.
+        path = self._health_paths.get(release)
+        if path is None:
+            try:
+                path = self._health_paths[release] = self.catalog.health(release)
+            except Exception:  # a release gone from the catalog still gets probed somewhere sane
+                return "/healthz"
+        return path
 
     def _routes(self) -> list[ServiceRoute]:
         return [self._route(s) for s in self.spec.services.values() if s.name not in self.groups]
