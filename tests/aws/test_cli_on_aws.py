@@ -44,9 +44,7 @@ def package(body: str) -> bytes:
 
 
 @pytest.fixture
-def project(
-    aws: Any, moto_endpoint: str, tmp_path: Path
-) -> Iterator[tuple[Canarist, dict[str, str]]]:
+def project(aws: Any, tmp_path: Path) -> Iterator[tuple[Canarist, dict[str, str]]]:
     """A project whose service runs on Lambda; two releases built and packaged in S3."""
     role = aws.client("iam").create_role(
         RoleName="checkout", AssumeRolePolicyDocument=json.dumps({"Statement": []})
@@ -61,15 +59,7 @@ def project(
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="releases", CreateBucketConfiguration={"LocationConstraint": REGION})
     (tmp_path / "canarist.yaml").write_text(SPEC)
-    cli = Canarist(tmp_path, 0)
-    cli.env.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": moto_endpoint,
-        }
-    )
+    cli = Canarist(tmp_path, 0)  # its environment carries the `aws` fixture's moto settings
     refs = {}
     for version in ("1", "2"):
         app = tmp_path / f"app{version}"

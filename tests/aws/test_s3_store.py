@@ -136,24 +136,14 @@ def test_a_locally_tampered_release_is_not_pushed(
     assert s3store.list() == []
 
 
-def test_canarist_push_uploads_a_release_by_label(
-    aws: Any, moto_endpoint: str, tmp_path: Path
-) -> None:
+def test_canarist_push_uploads_a_release_by_label(aws: Any, tmp_path: Path) -> None:
     """`canarist push v1 --bucket B` uploads the local release; a second push uploads nothing."""
     from tests.e2e.harness import Canarist
 
     aws.client("s3").create_bucket(
         Bucket="pushed", CreateBucketConfiguration={"LocationConstraint": REGION}
     )
-    cli = Canarist(tmp_path, 0)
-    cli.env.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": moto_endpoint,
-        }
-    )
+    cli = Canarist(tmp_path, 0)  # its environment carries the `aws` fixture's moto settings
     app = tmp_path / "app"
     app.mkdir()
     (app / "server.py").write_text("print('hi')\n")
@@ -166,7 +156,7 @@ def test_canarist_push_uploads_a_release_by_label(
     assert cli("push", "nope", "--bucket", "pushed", check=False).code == 2
 
 
-def test_push_with_a_lambda_package(aws: Any, moto_endpoint: str, tmp_path: Path) -> None:
+def test_push_with_a_lambda_package(aws: Any, tmp_path: Path) -> None:
     """`push --lambda` puts a zip beside the release: its app files and its dependencies,
     the same bytes every time; the Lambda platform publishes a version from it."""
     import asyncio
@@ -180,15 +170,7 @@ def test_push_with_a_lambda_package(aws: Any, moto_endpoint: str, tmp_path: Path
     aws.client("s3").create_bucket(
         Bucket="functions", CreateBucketConfiguration={"LocationConstraint": REGION}
     )
-    cli = Canarist(tmp_path, 0)
-    cli.env.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": moto_endpoint,
-        }
-    )
+    cli = Canarist(tmp_path, 0)  # its environment carries the `aws` fixture's moto settings
     app = tmp_path / "app"
     app.mkdir()
     (app / "handler.py").write_text("import six\ndef main(event, context):\n    return six.PY3\n")
