@@ -169,6 +169,57 @@ def test_a_shared_outage_is_no_evidence_against_the_canary() -> None:
     assert all(analysis.update(o).outcome != "fail" for o in outage)
 
 
+def step_then_outage(
+    seed: int, *, tell_weight: bool, outage: float = 1.0, canary_error: float = 0.005
+) -> Verdict:
+    """400 req/s; the canary's weight goes 10 % -> 50 % at 20 s, and for the half second
+    after that both releases fail at `outage` (a shared dependency down). From then on
+    the canary fails at `canary_error`. The judge is told the weight, or not."""
+    rng = random.Random(seed)
+    analysis = SequentialJudge().begin()
+    totals, carry, elapsed = [0, 0, 0, 0], [0.0, 0.0], 0.0
+    verdict = Verdict("continue", "")
+    while elapsed < 60 and verdict.outcome not in ("pass", "fail"):
+        elapsed += 0.25
+        weight = 0.1 if elapsed <= 20 else 0.5
+        shared = outage if 20 < elapsed <= 20.5 else 0.005
+        for side, share in enumerate((weight, 1 - weight)):
+            carry[side] += 400 * share * 0.25
+            n = int(carry[side])
+            carry[side] -= n
+            error = canary_error if side == 0 and elapsed > 20.5 else shared
+            totals[2 * side] += n
+            totals[2 * side + 1] += binomial(rng, n, error)
+        verdict = analysis.update(
+            Observation(
+                elapsed,
+                Sample(totals[0], totals[1]),
+                Sample(totals[2], totals[3]),
+                weight if tell_weight else None,
+            )
+        )
+    return verdict
+
+
+def test_an_outage_just_after_a_weight_change_is_no_evidence_against_the_canary() -> None:
+    """Told the router's weights, the judge never pools requests across a change of them.
+
+    The control shows the hazard is real: pooled across the step from 10 % to 50 %, the
+    outage's failures fall on the canary more often than the block's successes did.
+    """
+    told = sum(step_then_outage(seed, tell_weight=True).outcome == "fail" for seed in range(60))
+    assert told == 0
+    blind = sum(step_then_outage(seed, tell_weight=False).outcome == "fail" for seed in range(60))
+    assert blind >= 10  # the control: without the weights, pooled blocks are fooled
+
+
+def test_a_regression_that_comes_with_a_weight_change_is_still_caught() -> None:
+    """Leaving the change's half second out costs little: 20 % errors go within seconds."""
+    verdict = step_then_outage(1, tell_weight=True, outage=0.005, canary_error=0.2)
+    assert verdict.outcome == "fail"
+    assert float(verdict.figures["elapsed_s"]) < 25
+
+
 def test_a_latency_regression_is_rolled_back() -> None:
     """Twice as slow, same errors: rolled back for latency within seconds."""
     verdict, last = judge_until_decided(

@@ -48,11 +48,18 @@ class Sample:
 
 @dataclass(frozen=True)
 class Observation:
-    """Both releases as seen `elapsed` seconds after the analysis began."""
+    """Both releases as seen `elapsed` seconds after the analysis began.
+
+    `canary_weight` is the canary's share of the two releases' traffic by the router's
+    weights (0..1) when the caller knows it, None otherwise. A judge that pools requests
+    over time must not pool across a change of it: a failure burst that hits both
+    releases just after the canary's share rose would otherwise look like the canary's.
+    """
 
     elapsed: float
     canary: Sample
     baseline: Sample
+    canary_weight: float | None = None
 
 
 @dataclass(frozen=True)

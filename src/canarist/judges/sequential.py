@@ -75,9 +75,14 @@ Guarantees and defaults
 
 Assumptions: requests are split between the releases independently of how likely they
 are to fail (by weight, not by a client property that also drives failures); the
-canary's traffic share holds steady within a block (a few seconds: a weight change inside
-one biases that block only); latency samples of the two releases within a pairing window
-are independent draws from their distributions. Ties between latencies count against
+canary's traffic share holds steady within a block. That one matters: were the share to
+rise inside a block just as an outage hit both releases, the outage's failures would
+fall on the canary more often than the block's successes do. So when the caller says
+what the router's weights are (`Observation.canary_weight`, as the controller does),
+blocks and strata never span a change of them: the one in progress ends, the intervals
+within SHARE_SETTLE seconds of the change are left out, and the share is learnt afresh.
+Latency samples of the two releases within a pairing window are independent draws from
+their distributions. Ties between latencies count against
 rejecting. The tests are one-sided: a canary better than the baseline is no reason to
 roll back.
 
@@ -135,6 +140,10 @@ LATENCY_PASS_GRID = (0.8, 0.6, 0.4, 0.2)
 RELATIVE_PASS_WEIGHT = 0.8
 # Seconds of traffic that the canary's share is estimated from.
 SHARE_WINDOW = 30.0
+# After the canary's share of traffic changes, intervals within this many seconds of the
+# change are left out of the error test: they may hold traffic split both ways (the
+# router applies a weight between two metric polls, which lag by up to a quarter second).
+SHARE_SETTLE = 0.5
 # Rollback mixtures start afresh this often; the first run keeps most of alpha.
 RESTART_EVERY = 60.0
 FIRST_RUN_SHARE = 0.8
@@ -400,6 +409,24 @@ class _ErrorTest:
         self._floor_pass_at = (-1, -1)
         self._floor_pass_value = 1.0
         self.fail = _Restarted(len(ERROR_GRID), alpha, gate=self._floor_since)
+        self._steady_from = -math.inf  # intervals ending before this are left out
+
+    def share_changed(self, now: float) -> None:
+        """The router's split moved in the interval ending at `now`: no block or stratum
+        may span the change (module docstring, assumptions). The open pass stratum is
+        scored as it stood, unscored requests are let go, and the share is learnt again."""
+        totals = self._stratum_totals
+        if now >= self._steady_from:  # a stratum open since the last settled change
+            stratum = _Stratum.of(*totals)
+            if stratum is not None:
+                self.pass_log += stratum.log_ratio(totals[1], 0.0, self._log_psi1)
+        self._stratum_totals = [0, 0, 0, 0]
+        self._steady_from = now + SHARE_SETTLE
+        self._stratum_ends = self._steady_from + self.block_window
+        self._pending.clear()
+        self._history.clear()
+        self._history_canary = self._history_total = 0
+        self.share = 0.5
 
     def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
         """Take in one interval ending at `now`: requests and failures of each release."""
@@ -407,6 +434,8 @@ class _ErrorTest:
         self._marks += [(self.canary_requests, self.canary_failures)] * started
         self.canary_requests += n_c
         self.canary_failures += x_c
+        if now <= self._steady_from:
+            return  # the split moved during this interval: it is no evidence either way
         stratum = _Stratum.of(n_c, x_c, n_b, x_b)
         self._rollback_block(now, n_c, x_c, n_b, x_b, stratum)
         self._pass_stratum(now, n_c, x_c, n_b, x_b)
@@ -607,6 +636,7 @@ class SequentialAnalysis:
         self._baseline_latency = LatencyHistogram()
         self._quantiles: dict[str, Figure] = {}
         self._quantiles_count = 0  # latency samples when the quantiles were computed
+        self._weight: float | None = None  # the canary's share by the router's weights
         self._final: Verdict | None = None
 
     def update(self, observation: Observation) -> Verdict:
@@ -616,6 +646,11 @@ class SequentialAnalysis:
         now = observation.elapsed
         n_c, x_c = self._canary.advance(observation.canary)
         n_b, x_b = self._baseline.advance(observation.baseline)
+        weight = observation.canary_weight
+        if weight is not None:
+            if self._weight is not None and weight != self._weight:
+                self._errors.share_changed(now)
+            self._weight = weight
         self._errors.update(now, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
         baseline_latencies = observation.baseline.latencies_ms
