@@ -172,7 +172,9 @@ async def test_a_restarted_controller_keeps_the_evidence(tmp_path: Path) -> None
     before = world.status()["analysis"]
     assert before["canary_requests"] > 0
     rollout_id = world.engine.history("web")[0]["id"]
-    assert len(world.store.observations(rollout_id)) >= 5
+    evidence = world.store.observations(rollout_id)
+    assert len(evidence) >= 5
+    assert evidence[-1].canary_weight == pytest.approx(0.2)  # the split the router had
     world.engine = world.new_engine()  # the controller restarts
     await live(world, rng, canary_error=0.005, ticks=4)
     after = world.status()["analysis"]
@@ -182,6 +184,34 @@ async def test_a_restarted_controller_keeps_the_evidence(tmp_path: Path) -> None
         e for e in world.engine.history("web")[0]["events"] if e["kind"] == "analysis.started"
     ]
     assert len(verdicts) == 1  # resumed, not begun again
+
+
+async def test_a_restarted_controller_keeps_the_latency_evidence(tmp_path: Path) -> None:
+    """Latency samples are stored with the counts: the latency test resumes, not restarts."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    rng = random.Random(8)
+
+    async def tick() -> None:
+        for release, percent in world.status()["weights"].items():
+            n = round(400 * 0.25 * percent / 100)
+            slow = 1.3 if release == world.v2 else 1.0  # slower, not yet proven so
+            latencies = tuple(slow * rng.lognormvariate(4.1, 0.5) for _ in range(n))
+            world.metrics.add("web", release, n, 0, latencies)
+        await world.settle(1, step=0.25)
+
+    for _ in range(8):
+        await tick()
+    before = world.status()["analysis"]["figures"]
+    assert world.status()["phase"] == "progressing"
+    assert before["latency_pairs"] > 0
+    world.engine = world.new_engine()  # the controller restarts (a fresh metrics window)
+    for _ in range(3):
+        await tick()
+    after = world.status()["analysis"]["figures"]
+    assert after["latency_pairs"] > before["latency_pairs"]
+    assert after["canary_latency_samples"] > before["canary_latency_samples"]
+    assert after["latency_evidence"] != 1.0  # the test goes on from where it stood
 
 
 async def test_evidence_from_before_a_restart_counts_toward_a_rollback(tmp_path: Path) -> None:

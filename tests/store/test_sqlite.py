@@ -7,7 +7,7 @@ from pathlib import Path
 
 from canarist.domain.plan import Pause, Promote, Scale, SetWeight
 from canarist.domain.rollout import Rollout
-from canarist.store.records import InstanceRecord, ServiceState
+from canarist.store.records import InstanceRecord, ObservationRow, ServiceState
 from canarist.store.sqlite import MIGRATIONS, SQLiteStore
 
 
@@ -61,3 +61,56 @@ def test_instances_by_state(tmp_path: Path) -> None:
     store.save_instance(InstanceRecord("i2", "web", "sha256:a", "failed", started_at=2))
     assert [r.id for r in store.instances("web")] == ["i1"]
     assert [r.id for r in store.instances("web", states=("failed",))] == ["i2"]
+
+
+def _rollout(store: SQLiteStore) -> Rollout:
+    plan = (Scale("canary", 2), SetWeight(10), Promote(30.0))
+    return store.create_rollout(
+        Rollout(0, "web", "sha256:b", "sha256:a", "canary", plan, 0, 1.0, "progressing", 1.0)
+    )
+
+
+def test_observations_round_trip_with_their_latencies(tmp_path: Path) -> None:
+    """Counts and latency samples read back in order (latencies as float32: ~7 digits)."""
+    store = SQLiteStore(tmp_path / "state.db")
+    rollout = _rollout(store)
+    store.add_observation(rollout.id, ObservationRow(1.0, 0, 0, 0, 0))
+    store.add_observation(rollout.id, ObservationRow(1.25, 10, 1, 90, 0, (61.5, 70.25), (55.0,)))
+    store.close()
+    rows = SQLiteStore(tmp_path / "state.db").observations(rollout.id)
+    assert rows == [
+        ObservationRow(1.0, 0, 0, 0, 0),
+        ObservationRow(1.25, 10, 1, 90, 0, (61.5, 70.25), (55.0,)),
+    ]
+
+
+def test_evidence_of_rollouts_ended_long_ago_is_forgotten(tmp_path: Path) -> None:
+    """Only ended rollouts older than the cut lose their evidence; a running one keeps it."""
+    from dataclasses import replace
+
+    store = SQLiteStore(tmp_path / "state.db")
+    old = _rollout(store)
+    store.add_observation(old.id, ObservationRow(1.0, 5, 0, 50, 0, (60.0,), (61.0,)))
+    store.save_rollout(replace(old, phase="promoted", ended_at=10.0))
+    running = _rollout(store)
+    store.add_observation(running.id, ObservationRow(20.0, 5, 0, 50, 0))
+    store.forget_observations(before=5.0)
+    assert len(store.observations(old.id)) == 1  # ended after the cut: kept
+    store.forget_observations(before=100.0)
+    assert store.observations(old.id) == []
+    assert len(store.observations(running.id)) == 1
+
+
+def test_evidence_stored_before_latencies_were_kept_still_reads(tmp_path: Path) -> None:
+    """A database at schema 2 (counts only) migrates; its rows read with no latencies."""
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        db.executescript(script)
+        db.execute(f"PRAGMA user_version = {number}")
+    db.execute("INSERT INTO observations VALUES (1, 1, 2.5, 10, 1, 90, 0)")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    assert store.schema_version() == len(MIGRATIONS)
+    assert store.observations(1) == [ObservationRow(2.5, 10, 1, 90, 0)]

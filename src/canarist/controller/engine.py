@@ -270,8 +270,10 @@ class Engine:
                 log.warning("router: %s", exc)
             now = self.clock()
             if now - self._forgotten_at > 60:
-                # Ended instances are kept an hour for `status` and debugging, then dropped.
+                # Ended instances, and the evidence of ended rollouts, are kept an hour for
+                # `status` and debugging, then dropped (verdicts stay in the audit log).
                 self.store.forget_instances(before=now - 3600)
+                self.store.forget_observations(before=now - 3600)
                 self._forgotten_at = now
             for name in self.spec.services:
                 await self._read_metrics(name)
@@ -359,7 +361,11 @@ class Engine:
         if analyzing:
             window = runtime.window
             watch.observe(
-                svc.analysis, now, window.get(rollout.release), window.get(rollout.previous or "")
+                svc.analysis,
+                now,
+                window.get(rollout.release),
+                window.get(rollout.previous or ""),
+                _canary_share(runtime.applied_weights, rollout.release, rollout.previous),
             )
             row = watch.to_persist()
             if row is not None:
@@ -987,3 +993,14 @@ def _rollout_json(rollout: Rollout) -> dict[str, Any]:
         "reason": rollout.reason,
         "exit_code": EXIT_CODES.get(rollout.phase),
     }
+
+
+def _canary_share(
+    weights: dict[str, int] | None, canary: str, baseline: str | None
+) -> float | None:
+    """The canary's share of the two releases' traffic by the weights the router has
+    (None when they are not known: not applied yet, or the last apply failed)."""
+    if weights is None or baseline is None:
+        return None
+    both = weights.get(canary, 0) + weights.get(baseline, 0)
+    return weights.get(canary, 0) / both if both else None

@@ -4,13 +4,19 @@ One `Watch` per running rollout. It starts when the canary first takes traffic (
 metrics window is reset then, so counts are the canary's and the baseline's side by
 side from that moment), judges at every controller tick, and reports a reason to roll
 back when the judge fails the canary, when the canary's failed requests exceed the
-budget, or when its instances keep dying. After a controller restart the evidence
-starts again from zero: verdicts already recorded stay in the audit log.
+budget, or when its instances keep dying.
+
+The evidence is stored as it comes (every quarter second while it changes): cumulative
+counts, and a bounded uniform sample of the latencies logged since the previous row. A
+restarted controller replays it through the judge, which is pure, and counts on; so a
+crash costs at most the last quarter second of evidence, and a thinned latency sample
+(thinning picks samples without looking at them, so the tests stay valid).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 from canarist.domain.spec import AnalysisSpec
@@ -19,6 +25,9 @@ from canarist.metrics.base import ReleaseWindow
 from canarist.store.records import ObservationRow
 
 NOTHING = ObservationRow(0.0, 0, 0, 0, 0)
+# Latencies kept per release and stored row: at four rows a second, 1,024 samples a
+# second per release, a few MB for a ten-minute analysis at any request rate.
+STORED_LATENCIES = 256
 
 
 @dataclass
@@ -39,6 +48,8 @@ class Watch:
     offset: ObservationRow = NOTHING
     last: ObservationRow = NOTHING  # latest counts seen
     persisted: ObservationRow | None = None  # latest counts written to the store
+    # Latencies judged since the last stored row, to be stored with the next one.
+    unstored: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
 
     @classmethod
     def begin(cls, spec: AnalysisSpec, rollout_id: int, now: float) -> Watch:
@@ -52,8 +63,11 @@ class Watch:
         judge is pure, so the same observations give it the same state."""
         watch = cls.begin(spec, rollout_id, evidence[0].at)
         for row in evidence[1:]:
-            watch._judge(row, (), ())
-        watch.offset = watch.persisted = evidence[-1]
+            watch._judge(row, row.canary_ms, row.baseline_ms)
+        watch.offset = watch.persisted = evidence[-1]._replace(
+            canary_ms=(), baseline_ms=(), canary_weight=None
+        )
+        watch.last = watch.offset
         return watch
 
     def observe(
@@ -62,8 +76,10 @@ class Watch:
         now: float,
         canary: ReleaseWindow | None,
         baseline: ReleaseWindow | None,
+        canary_weight: float | None = None,
     ) -> Verdict | None:
-        """Judge the latest counts; returns the verdict (None without a judge)."""
+        """Judge the latest counts; returns the verdict (None without a judge).
+        `canary_weight`: the canary's share of traffic the router has, if known."""
         c, b = _sample(canary), _sample(baseline)
         o = self.offset
         row = ObservationRow(
@@ -72,7 +88,10 @@ class Watch:
             o.canary_failures + c.failures,
             o.baseline_requests + b.requests,
             o.baseline_failures + b.failures,
+            canary_weight=canary_weight,
         )
+        self.unstored[0].extend(c.latencies_ms)
+        self.unstored[1].extend(b.latencies_ms)
         return self._judge(row, c.latencies_ms, b.latencies_ms)
 
     def _judge(
@@ -86,23 +105,26 @@ class Watch:
             elapsed=row.at - self.started,
             canary=Sample(row.canary_requests, row.canary_failures, canary_ms),
             baseline=Sample(row.baseline_requests, row.baseline_failures, baseline_ms),
+            canary_weight=row.canary_weight,
         )
         self.verdict = self.analysis.update(observation)
         return self.verdict
 
     def to_persist(self, every: float = 0.25) -> ObservationRow | None:
-        """The latest counts, when they are new and `every` seconds have passed since the
-        last write (or the verdict has just turned): a crash loses at most that much."""
-        last, done = (
-            self.persisted,
-            self.verdict is not None and self.verdict.outcome in ("pass", "fail"),
-        )
-        if last is not None and self.last[1:] == last[1:]:
+        """The latest counts, with the latencies judged since the last stored row, when
+        they are new and `every` seconds have passed since the last write (or the verdict
+        has just turned): a crash loses at most that much."""
+        last = self.persisted
+        done = self.verdict is not None and self.verdict.outcome in ("pass", "fail")
+        fresh = any(self.unstored)
+        if last is not None and self.last.counts == last.counts and not fresh:
             return None
         if last is not None and self.last.at - last.at < every and not done:
             return None
+        canary, baseline = (_thinned(values) for values in self.unstored)
+        self.unstored = ([], [])
         self.persisted = self.last
-        return self.last
+        return self.last._replace(canary_ms=canary, baseline_ms=baseline)
 
     def rollback_reason(self, spec: AnalysisSpec) -> str | None:
         """Why the canary must go, or None while nothing says so."""
@@ -131,6 +153,13 @@ class Watch:
             "canary_failures": self.canary_failures,
             "lost_instances": self.lost_instances,
         }
+
+
+def _thinned(values: list[float]) -> tuple[float, ...]:
+    """At most STORED_LATENCIES of `values`, drawn uniformly without looking at them."""
+    if len(values) > STORED_LATENCIES:
+        values = random.sample(values, STORED_LATENCIES)
+    return tuple(values)
 
 
 def _sample(window: ReleaseWindow | None) -> Sample:

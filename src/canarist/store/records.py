@@ -54,10 +54,25 @@ class Event:
 
 
 class ObservationRow(NamedTuple):
-    """One point of a rollout's analysis: cumulative counts of both releases at `at`."""
+    """One point of a rollout's analysis: cumulative counts of both releases at `at`, the
+    latencies (ms) each release logged since the previous point (a bounded sample), and
+    the canary's share of traffic by the router's weights (None: not known)."""
 
     at: float
     canary_requests: int
     canary_failures: int
     baseline_requests: int
     baseline_failures: int
+    canary_ms: tuple[float, ...] = ()
+    baseline_ms: tuple[float, ...] = ()
+    canary_weight: float | None = None
+
+    @property
+    def counts(self) -> tuple[int, int, int, int]:
+        """The four cumulative counts."""
+        return (
+            self.canary_requests,
+            self.canary_failures,
+            self.baseline_requests,
+            self.baseline_failures,
+        )

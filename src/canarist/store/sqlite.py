@@ -6,6 +6,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -66,7 +67,24 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (rollout_id, seq)
     );
     """,
+    # 3: the latencies behind each observation (float32 arrays), so the latency test
+    # resumes too, and the canary's traffic share the router had then.
+    """
+    ALTER TABLE observations ADD COLUMN canary_ms BLOB NOT NULL DEFAULT x'';
+    ALTER TABLE observations ADD COLUMN baseline_ms BLOB NOT NULL DEFAULT x'';
+    ALTER TABLE observations ADD COLUMN canary_weight REAL
+    """,
 )
+
+
+def _floats(values: tuple[float, ...]) -> bytes:
+    return array("f", values).tobytes()
+
+
+def _unfloats(blob: bytes) -> tuple[float, ...]:
+    values = array("f")
+    values.frombytes(blob)
+    return tuple(values)
 
 
 class StoreError(CanaristError):
@@ -258,21 +276,53 @@ class SQLiteStore:
 
     def add_observation(self, rollout_id: int, observation: ObservationRow) -> None:
         """Append one point of a rollout's analysis (cumulative counts at `at`)."""
+        o = observation
         self._db.execute(
             "INSERT INTO observations (rollout_id, seq, at, canary_requests, canary_failures,"
-            " baseline_requests, baseline_failures) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1"
-            " FROM observations WHERE rollout_id = ?), ?, ?, ?, ?, ?)",
-            (rollout_id, rollout_id, *observation),
+            " baseline_requests, baseline_failures, canary_ms, baseline_ms, canary_weight)"
+            " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM observations"
+            " WHERE rollout_id = ?), ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rollout_id,
+                rollout_id,
+                o.at,
+                *o.counts,
+                _floats(o.canary_ms),
+                _floats(o.baseline_ms),
+                o.canary_weight,
+            ),
         )
 
     def observations(self, rollout_id: int) -> list[ObservationRow]:
         """A rollout's analysis points, in order."""
         rows = self._db.execute(
-            "SELECT at, canary_requests, canary_failures, baseline_requests, baseline_failures"
-            " FROM observations WHERE rollout_id = ? ORDER BY seq",
+            "SELECT at, canary_requests, canary_failures, baseline_requests, baseline_failures,"
+            " canary_ms, baseline_ms, canary_weight FROM observations WHERE rollout_id = ?"
+            " ORDER BY seq",
             (rollout_id,),
         ).fetchall()
-        return [ObservationRow(*row) for row in rows]
+        return [
+            ObservationRow(
+                row["at"],
+                row["canary_requests"],
+                row["canary_failures"],
+                row["baseline_requests"],
+                row["baseline_failures"],
+                _unfloats(row["canary_ms"]),
+                _unfloats(row["baseline_ms"]),
+                row["canary_weight"],
+            )
+            for row in rows
+        ]
+
+    def forget_observations(self, before: float) -> None:
+        """Drop the evidence of rollouts that ended before `before` (their verdicts, with
+        the figures behind them, stay in the audit log)."""
+        self._db.execute(
+            "DELETE FROM observations WHERE rollout_id IN"
+            " (SELECT id FROM rollouts WHERE ended_at IS NOT NULL AND ended_at < ?)",
+            (before,),
+        )
 
     # -- audit log ----------------------------------------------------------------------
 
