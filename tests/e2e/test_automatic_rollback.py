@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -94,6 +95,17 @@ def test_a_bad_release_is_rolled_back_on_little_damage(
     assert failed_bad <= interval_damage / 6
     history = cli("history", "web", "--json")
     assert "sequential judge" in history.stdout
+    # All traffic back on the stable release within 1 s of the fail verdict: no request
+    # sent later than that reached the bad release.
+    rollout = json.loads(history.stdout)[0]
+    decided = next(
+        e["at"]
+        for e in rollout["events"]
+        if e["kind"] == "analysis.verdict" and e["detail"]["verdict"] == "fail"
+    )
+    last_bad = report.last_sent["2"]
+    print(f"last request to the bad release sent {last_bad - decided:+.3f}s after the verdict")
+    assert last_bad <= decided + 1.0
     status = cli.wait_for(lambda s: s["canary"] is None, what="rollback")
     assert status["stable"] == refs["v1"] and status["weights"] == {refs["v1"]: 100}
     assert status["analysis"]["verdict"] == "fail"

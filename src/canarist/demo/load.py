@@ -23,6 +23,8 @@ class LoadReport:
     failed_by_version: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)  # of every answered request
+    # Per version, when (wall clock) the last request that it answered was sent.
+    last_sent: dict[str, float] = field(default_factory=dict)
 
     def latency(self, quantile: float) -> float:
         """A latency quantile in ms (0 when nothing was answered)."""
@@ -86,6 +88,7 @@ class Load:
                 Counter(r.failed_by_version),
                 seconds,
                 list(r.latencies_ms),
+                dict(r.last_sent),
             )
 
     def __enter__(self) -> Load:
@@ -112,12 +115,13 @@ class Load:
         await asyncio.sleep(offset)
         next_at = time.monotonic()
         while not self._stop.is_set():
-            sent_at = time.monotonic()
+            sent_at, sent_wall = time.monotonic(), time.time()
             version, failure = await self._one(session)
             took_ms = (time.monotonic() - sent_at) * 1000
             with self._lock:
                 r = self.report
                 r.sent += 1
+                r.last_sent[version] = max(r.last_sent.get(version, 0.0), sent_wall)
                 if failure is None:
                     r.ok += 1
                     r.by_version[version] += 1
