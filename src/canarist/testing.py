@@ -166,6 +166,9 @@ class FakeMetrics:
         self.counts: dict[str, dict[str, tuple[int, int]]] = {}  # service -> release -> (n, f)
         self.latencies: dict[str, dict[str, list[float]]] = {}
         self.resets: list[str] = []
+        # (service, release) -> every (requests, failures) added, for `recent`.
+        self.added: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self.recent_adds = 0  # how many of the latest adds `recent` covers; 0: all of them
 
     def add(
         self,
@@ -178,6 +181,7 @@ class FakeMetrics:
         """More requests (and failures, and fresh latencies) for a release."""
         n, f = self.counts.setdefault(service, {}).get(release, (0, 0))
         self.counts[service][release] = (n + requests, f + failures)
+        self.added.setdefault((service, release), []).append((requests, failures))
         self.latencies.setdefault(service, {}).setdefault(release, []).extend(latencies_ms)
 
     async def start(self) -> None:
@@ -195,6 +199,15 @@ class FakeMetrics:
             )
             for release, (n, f) in self.counts.get(service, {}).items()
         }
+
+    def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
+        """What was added for the release, whatever the windows (the latest
+        `recent_adds` adds only, when set); None when nothing was."""
+        added = self.added.get((service, release))
+        if not added:
+            return None
+        counted = added[-self.recent_adds :] if self.recent_adds else added
+        return sum(n for n, _ in counted), sum(f for _, f in counted)
 
     async def reset(self, service: str) -> None:
         """A new window."""

@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from canarist.errors import DriverError, RouterError
+from canarist.metrics import haproxy as haproxy_metrics
 from canarist.metrics.base import ReleaseWindow
 from canarist.metrics.haproxy import (
     HAProxyMetrics,
@@ -160,6 +161,28 @@ async def test_reset_starts_a_window_from_a_fresh_read(
     second = (await metrics.snapshot("web"))["A"]
     assert (first.requests, second.requests) == (10, 3)
     assert second.at > first.at
+
+
+async def test_recent_counts_outlive_windows(
+    scripted: tuple[HAProxyMetrics, ScriptedRouter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recent` counts a release over the last seconds, whatever the windows; what the
+    router had counted before the provider's first read is not in it."""
+    metrics, router = scripted
+    monkeypatch.setattr(haproxy_metrics, "HISTORY_STEP", 0.0)  # remember every read
+    assert metrics.recent("web", "A", 60) is None  # never seen
+    router.count("A", 10, 1)  # from before the provider's first read
+    await metrics.poll()
+    await asyncio.sleep(0.05)
+    router.count("A", 40, 3)
+    await metrics.poll()
+    await metrics.reset("web")  # a window starts: recent counts go on regardless
+    await asyncio.sleep(0.05)
+    router.count("A", 60, 4)
+    await metrics.poll()
+    assert metrics.recent("web", "A", 60) == (50, 3)
+    assert metrics.recent("web", "A", 0.02) == (0, 0)  # only the last read is that recent
+    assert counts(await metrics.snapshot("web"))["A"] == (20, 1)  # the window, since reset
 
 
 async def test_unreadable_counters_leave_the_last_read(

@@ -52,6 +52,17 @@ class Metrics(Protocol):
 
 
 @runtime_checkable
+class KeepsHistory(Protocol):
+    """A provider that remembers each release's counts of the last minutes, whatever the
+    windows: the baseline's rate before an analysis began, for a canary that then takes
+    all the traffic (nothing runs beside it to compare with)."""
+
+    def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
+        """Requests and failures of the release over the last `seconds` (or as much of
+        them as the provider saw), or None when it has seen nothing of the release."""
+
+
+@runtime_checkable
 class BindsTargets(Protocol):
     """A provider that must be told what each release is on the provider (CloudWatch)."""
 

@@ -64,6 +64,7 @@ import re
 import socket
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,12 +221,28 @@ def failure_tally(requests: int, errors_5xx: int, connection_errors: int) -> Tal
     return Tally(requests, min(requests, errors_5xx + connection_errors))
 
 
+# How long, and how finely, each release's totals are remembered for `recent`.
+HISTORY_SECONDS = 900.0
+HISTORY_STEP = 1.0
+
+
 @dataclass
 class _Service:
     seen: dict[str, Tally] = field(default_factory=dict)  # the router's figures, last read
     totals: dict[str, Tally] = field(default_factory=dict)  # since the provider started
     base: dict[str, Tally] = field(default_factory=dict)  # totals when the window began
     latency: dict[str, Reservoir] = field(default_factory=dict)  # since the last snapshot
+    # (time.monotonic(), totals) about every HISTORY_STEP, oldest first.
+    history: deque[tuple[float, dict[str, Tally]]] = field(default_factory=deque)
+
+    def remember(self, at: float) -> None:
+        """Keep the totals as of `at` (at most one entry per HISTORY_STEP)."""
+        history = self.history
+        if history and at - history[-1][0] < HISTORY_STEP:
+            return
+        history.append((at, dict(self.totals)))
+        while len(history) > 1 and history[1][0] <= at - HISTORY_SECONDS:
+            history.popleft()
 
 
 class HAProxyMetrics:
@@ -307,6 +324,23 @@ class HAProxyMetrics:
         books.base = dict(books.totals)
         books.latency.clear()
 
+    def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
+        """The release's requests and failures over the last `seconds` as of the last read
+        (over less when the provider has not been reading that long; at most
+        HISTORY_SECONDS), or None when no read has seen it."""
+        books = self._services.get(service)
+        if books is None or release not in books.totals:
+            return None
+        now = books.totals[release]
+        since = Tally()
+        cut = self._read_at - seconds
+        for at, totals in books.history:  # the oldest entry inside the span
+            if at >= cut:
+                since = totals.get(release, Tally())
+                break
+        count = now - since
+        return count.requests, count.failures
+
     async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
         """Each release's counts in the window, as of the last read, and the latencies
         logged since the previous snapshot. Routed releases appear, with zeros if idle."""
@@ -346,6 +380,7 @@ class HAProxyMetrics:
                     if not now.below(last):
                         books.totals[release] = books.totals.get(release, Tally()) + (now - last)
                     books.seen[release] = now
+                books.remember(read_at)
             if info.get("Pid") != self._pid:
                 self._pid = info.get("Pid")
                 self._dropped_before += self._dropped_now
