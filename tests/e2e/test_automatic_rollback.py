@@ -31,7 +31,7 @@ services:
         - analyze: 15s
         - set_weight: 50
         - analyze: 15s
-      scale_down_delay: 2s
+      scale_down_delay: 6s
     drain_timeout: 5s
 """
 RATE = 300.0
@@ -58,12 +58,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Canarist
         cli("down", check=False, timeout=90)
 
 
-def deploy_under_load(cli: Canarist, ref: str) -> tuple[int, float, Load]:
+def deploy_under_load(
+    cli: Canarist, ref: str, *options: str, warmup: float = 1.0
+) -> tuple[int, float, Load]:
     load = Load(cli.url, rate=RATE, connections=12).start()
-    time.sleep(1.0)
+    time.sleep(warmup)
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "canarist", "deploy", "web", ref, "--wait"],
+        [sys.executable, "-m", "canarist", "deploy", "web", ref, "--wait", *options],
         cwd=cli.root,
         env=cli.env,
         capture_output=True,
@@ -124,3 +126,37 @@ def test_a_healthy_release_with_the_same_noise_is_promoted(
     )
     assert code == 0
     assert cli.status()["stable"] == refs["good"]
+
+
+def test_a_bad_blue_green_release_is_rolled_back_in_its_warm_period(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """Blue-green puts all traffic on the new release, none beside it: judged against the
+    old release's recent rate (HAProxy's counts of the last minutes), rolled back to the
+    warm old release within its warm period."""
+    cli, refs = project
+    stable = cli.status()["stable"]
+    code, took, load = deploy_under_load(cli, refs["bad"], "--strategy", "blue-green", warmup=3.0)
+    report = load.report
+    failed_bad = report.failed_by_version["2"]
+    served_bad = report.by_version["2"] + failed_bad
+    print(
+        f"bad blue-green: rolled back after {took:.1f}s; {served_bad} served, {failed_bad} failed"
+    )
+    assert code == 3
+    history = json.loads(cli("history", "web", "--json").stdout)[0]
+    assert "before it took all traffic" in history["reason"]
+    assert failed_bad <= 60  # a 60 s check at 100 % would let ~3,600 through
+    assert cli.status()["stable"] == stable
+
+
+def test_a_healthy_blue_green_release_is_promoted_after_its_warm_period(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """The same 0.5 % noise after the switch as before it: promoted (exit 0)."""
+    cli, refs = project
+    target = refs["good"] if cli.status()["stable"] != refs["good"] else refs["v1"]
+    code, took, load = deploy_under_load(cli, target, "--strategy", "blue-green", warmup=3.0)
+    print(f"healthy blue-green: promoted in {took:.1f}s, {dict(load.report.failed_by_version)}")
+    assert code == 0
+    assert cli.status()["stable"] == target

@@ -220,6 +220,84 @@ def test_a_regression_that_comes_with_a_weight_change_is_still_caught() -> None:
     assert float(verdict.figures["elapsed_s"]) < 25
 
 
+def alone_after(
+    seed: int,
+    canary_error: float,
+    *,
+    before: float = 30.0,
+    recent: tuple[int, int] | None = None,
+    rps: int = 100,
+    seconds: float = 300.0,
+) -> tuple[Verdict, int]:
+    """`before` seconds at 10 % canary weight (both releases failing 0.5 %), then all the
+    traffic on the canary, failing at `canary_error`, for `seconds`; the judge is told
+    the weights (and the baseline's `recent` counts once the canary is alone). Returns
+    the last verdict and the canary's failures since it was alone."""
+    rng = random.Random(seed)
+    analysis = SequentialJudge().begin()
+    counts = [0, 0, 0, 0]  # canary requests, failures; baseline requests, failures
+    elapsed, alone_failures = 0.0, 0
+    verdict = Verdict("continue", "")
+    while elapsed < before + seconds and verdict.outcome != "fail":
+        elapsed += 0.25
+        weight = 0.1 if elapsed <= before else 1.0
+        n_c = round(rps * 0.25 * weight)
+        n_b = round(rps * 0.25) - n_c
+        x_c = binomial(rng, n_c, 0.005 if weight < 1 else canary_error)
+        alone_failures += x_c if weight == 1.0 else 0
+        counts = [
+            counts[0] + n_c,
+            counts[1] + x_c,
+            counts[2] + n_b,
+            counts[3] + binomial(rng, n_b, 0.005),
+        ]
+        verdict = analysis.update(
+            Observation(
+                elapsed,
+                Sample(counts[0], counts[1]),
+                Sample(counts[2], counts[3]),
+                weight,
+                recent if weight == 1.0 else None,
+            )
+        )
+    return verdict, alone_failures
+
+
+def test_a_canary_alone_is_judged_against_the_baselines_rate_before() -> None:
+    """All traffic on the canary (blue-green's warm period): 20 % errors against the
+    baseline's 0.5 % before are rolled back after a few failures."""
+    verdict, failures = alone_after(1, 0.2)
+    assert verdict.outcome == "fail"
+    assert "before it took all traffic" in verdict.reason
+    assert failures <= 25
+    assert float(verdict.figures["alone_baseline_rate_bound"]) < 0.05
+
+
+def test_a_healthy_canary_alone_is_not_rolled_back() -> None:
+    """The same 0.5 % after as before: over 200 seeded five-minute stretches, none (the
+    whole judge may roll back at most 1 %)."""
+    rolled_back = sum(alone_after(seed, 0.005)[0].outcome == "fail" for seed in range(200))
+    assert rolled_back <= 2
+
+
+def test_the_routers_recent_history_is_a_better_reference() -> None:
+    """With 2 s of analysis before the switch, the bound on the baseline's rate is loose;
+    the router's last minutes (60,000 requests) make a 5 % canary show within seconds."""
+    short, short_failures = alone_after(2, 0.05, before=2.0, seconds=60.0)
+    recent, recent_failures = alone_after(2, 0.05, before=2.0, seconds=60.0, recent=(60_000, 300))
+    assert recent.outcome == "fail"
+    assert recent_failures < 30
+    assert short.outcome != "fail" or short_failures > recent_failures
+    assert int(recent.figures["alone_baseline_requests"]) == 60_000
+
+
+def test_a_canary_alone_with_no_baseline_rate_is_not_judged_alone() -> None:
+    """No baseline request ever seen: nothing to compare with, and the verdict says so."""
+    verdict, _ = alone_after(3, 1.0, before=0.0, seconds=30.0)
+    assert verdict.outcome != "fail"
+    assert "no baseline rate to compare with" in verdict.reason
+
+
 def test_a_latency_regression_is_rolled_back() -> None:
     """Twice as slow, same errors: rolled back for latency within seconds."""
     verdict, last = judge_until_decided(

@@ -43,7 +43,13 @@ from canarist.domain.rollout import (
 from canarist.domain.spec import DeploymentSpec, ServiceSpec
 from canarist.domain.strategies import compile_plan, override
 from canarist.errors import BadInput, CanaristError, DriverError, RolloutInProgress
-from canarist.metrics.base import AlarmSource, BindsTargets, Metrics, ReleaseWindow
+from canarist.metrics.base import (
+    AlarmSource,
+    BindsTargets,
+    KeepsHistory,
+    Metrics,
+    ReleaseWindow,
+)
 from canarist.platforms.base import GroupPlatform, Instance, Platform
 from canarist.routers.base import Member, Router, RouteTable, ServiceRoute
 from canarist.store.records import InstanceRecord, ServiceState
@@ -53,6 +59,8 @@ log = logging.getLogger("canarist.controller")
 
 # A scale step gives up after this many instances of the new release failed to start.
 START_ATTEMPTS = 3
+# How far back the baseline's rate is taken from when the canary takes all traffic.
+REFERENCE_SECONDS = 600.0
 
 
 @dataclass
@@ -335,8 +343,8 @@ class Engine:
         now = self.clock()
         watch = runtime.watch
         if watch is None or watch.rollout_id != rollout.id:
-            if state.weights.get(rollout.release, 0) <= 0 or rollout.previous is None:
-                return None  # no canary traffic yet, or nothing to compare with
+            if rollout.previous is None:
+                return None  # nothing to compare with
             metrics = self._metrics(rollout.service)
             if metrics is not None:
                 try:
@@ -360,12 +368,19 @@ class Engine:
         analyzing = svc.analysis.background or isinstance(rollout.current, Analyze)
         if analyzing:
             window = runtime.window
+            share = _canary_share(runtime.applied_weights, rollout.release, rollout.previous)
+            recent = None
+            metrics = self._metrics(rollout.service)
+            if share == 1.0 and rollout.previous and isinstance(metrics, KeepsHistory):
+                # All traffic on the canary: the baseline's recent rate is the reference.
+                recent = metrics.recent(rollout.service, rollout.previous, REFERENCE_SECONDS)
             watch.observe(
                 svc.analysis,
                 now,
                 window.get(rollout.release),
                 window.get(rollout.previous or ""),
-                _canary_share(runtime.applied_weights, rollout.release, rollout.previous),
+                share,
+                recent,
             )
             row = watch.to_persist()
             if row is not None:

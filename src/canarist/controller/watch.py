@@ -1,8 +1,9 @@
 """Watching a rollout: feeds the judge from the metrics and decides when to roll back.
 
-One `Watch` per running rollout. It starts when the canary first takes traffic (the
-metrics window is reset then, so counts are the canary's and the baseline's side by
-side from that moment), judges at every controller tick, and reports a reason to roll
+One `Watch` per running rollout. It starts with the rollout, before the canary takes
+traffic (the metrics window is reset then, so counts are the canary's and the baseline's
+side by side from that moment, and the baseline's rate is known by the time the canary
+may take all the traffic), judges at every controller tick, and reports a reason to roll
 back when the judge fails the canary, when the canary's failed requests exceed the
 budget, or when its instances keep dying.
 
@@ -65,7 +66,7 @@ class Watch:
         for row in evidence[1:]:
             watch._judge(row, row.canary_ms, row.baseline_ms)
         watch.offset = watch.persisted = evidence[-1]._replace(
-            canary_ms=(), baseline_ms=(), canary_weight=None
+            canary_ms=(), baseline_ms=(), canary_weight=None, baseline_recent=None
         )
         watch.last = watch.offset
         return watch
@@ -77,9 +78,11 @@ class Watch:
         canary: ReleaseWindow | None,
         baseline: ReleaseWindow | None,
         canary_weight: float | None = None,
+        baseline_recent: tuple[int, int] | None = None,
     ) -> Verdict | None:
         """Judge the latest counts; returns the verdict (None without a judge).
-        `canary_weight`: the canary's share of traffic the router has, if known."""
+        `canary_weight`: the canary's share of traffic the router has, if known;
+        `baseline_recent`: the baseline's counts over the router's recent history."""
         c, b = _sample(canary), _sample(baseline)
         o = self.offset
         row = ObservationRow(
@@ -89,6 +92,7 @@ class Watch:
             o.baseline_requests + b.requests,
             o.baseline_failures + b.failures,
             canary_weight=canary_weight,
+            baseline_recent=baseline_recent,
         )
         self.unstored[0].extend(c.latencies_ms)
         self.unstored[1].extend(b.latencies_ms)
@@ -106,6 +110,7 @@ class Watch:
             canary=Sample(row.canary_requests, row.canary_failures, canary_ms),
             baseline=Sample(row.baseline_requests, row.baseline_failures, baseline_ms),
             canary_weight=row.canary_weight,
+            baseline_recent=row.baseline_recent,
         )
         self.verdict = self.analysis.update(observation)
         return self.verdict

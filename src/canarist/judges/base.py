@@ -54,12 +54,17 @@ class Observation:
     weights (0..1) when the caller knows it, None otherwise. A judge that pools requests
     over time must not pool across a change of it: a failure burst that hits both
     releases just after the canary's share rose would otherwise look like the canary's.
+
+    `baseline_recent` is the baseline's (requests, failures) over the last minutes, from
+    the router's history rather than this analysis, when the caller knows it: a
+    reference rate for when the canary takes all the traffic.
     """
 
     elapsed: float
     canary: Sample
     baseline: Sample
     canary_weight: float | None = None
+    baseline_recent: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,20 @@ Latency: a sequential rank test on contemporaneous pairs
     supermartingale under the null. The pass side compares with the baseline scaled by
     1 + latency_degradation and mixes over a < 1.
 
+The canary alone (all the traffic on it: blue-green's warm period, a last 100 % step)
+    With no baseline beside it there is nothing contemporaneous to compare with. When
+    the caller says the router gives the canary all the traffic, a one-sample test
+    takes over for that stretch: the canary's own failures since, against an upper
+    bound of the baseline's rate over the analysis so far, or over the router's recent
+    history (`Observation.baseline_recent`) when that saw more (Chernoff's bound, so the
+    reference is too low with probability at most a/2), by a mixture of binomial
+    likelihood ratios over higher rates alarming at 2/a. It spends SOLO_SHARE of the
+    error test's alpha (stretch k of a rollout 6 / (pi^2 k^2) of that). Unlike the
+    tests above, it cannot tell a failure that hits every release from the canary's
+    own: that is the price of having no baseline running, as in Argo Rollouts'
+    post-promotion analysis. The analysis should start before the canary takes
+    traffic, so that the baseline's rate is known by then (the controller does).
+
 Restarts, so that a late regression is caught as fast as an early one
     Under the null a mixture drifts down, and after a long good stretch a regression
     would first have to climb back. So the rollback mixtures start afresh every
@@ -67,10 +81,11 @@ Restarts, so that a late regression is caught as fast as an early one
 
 Guarantees and defaults
     alpha = 0.01 is the false-rollback rate of the whole judge, under continuous
-    monitoring: a = alpha * (1 - latency_share) for errors and alpha * latency_share for
-    latency (union bound). beta = 0.1: a canary whose failure odds are twice the
-    baseline's (error_degradation = 2), or whose latencies are 25 % higher
-    (latency_degradation = 0.25), passes with probability at most 0.1 (power 0.9).
+    monitoring: a = alpha * (1 - latency_share) for errors (of which SOLO_SHARE for the
+    canary alone) and alpha * latency_share for latency (union bound). beta = 0.1: a
+    canary whose failure odds are twice the baseline's (error_degradation = 2), or whose
+    latencies are 25 % higher (latency_degradation = 0.25), passes with probability at
+    most 0.1 (power 0.9).
     No pass before `min_requests` canary requests; until then the verdict is no_data.
 
 Assumptions: requests are split between the releases independently of how likely they
@@ -144,6 +159,11 @@ SHARE_WINDOW = 30.0
 # change are left out of the error test: they may hold traffic split both ways (the
 # router applies a weight between two metric polls, which lag by up to a quarter second).
 SHARE_SETTLE = 0.5
+# Part of the error test's alpha kept for canaries with no baseline beside them (all the
+# traffic on the canary: blue-green's warm period), half for the reference rate's bound.
+SOLO_SHARE = 0.1
+# Rates (multiples of the reference rate) the solo test's mixture spreads its weight over.
+SOLO_GRID = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
 # Rollback mixtures start afresh this often; the first run keeps most of alpha.
 RESTART_EVERY = 60.0
 FIRST_RUN_SHARE = 0.8
@@ -408,8 +428,14 @@ class _ErrorTest:
             self._floor_pass = _RateMixture((degraded / 2, degraded / 8), degraded)
         self._floor_pass_at = (-1, -1)
         self._floor_pass_value = 1.0
-        self.fail = _Restarted(len(ERROR_GRID), alpha, gate=self._floor_since)
+        self.fail = _Restarted(len(ERROR_GRID), alpha * (1 - SOLO_SHARE), gate=self._floor_since)
         self._steady_from = -math.inf  # intervals ending before this are left out
+        self._solo_alpha = alpha * SOLO_SHARE
+        self._min_error_rate = settings.min_error_rate
+        self.baseline_requests = 0
+        self.baseline_failures = 0
+        self.solo: _Solo | None = None  # the canary alone: the current or last such stretch
+        self._solo_periods = 0
 
     def share_changed(self, now: float) -> None:
         """The router's split moved in the interval ending at `now`: no block or stratum
@@ -428,12 +454,35 @@ class _ErrorTest:
         self._history_canary = self._history_total = 0
         self.share = 0.5
 
+    def alone(self, now: float, recent: tuple[int, int] | None) -> None:
+        """The canary now takes all the traffic (the baseline none): judge it against the
+        baseline's rate, fixed now, in a stretch of its own. The rate is the baseline's
+        over this analysis, or over the router's `recent` history if that saw more."""
+        if self.solo is not None and self.solo.open:
+            return
+        self._solo_periods += 1
+        # Stretch k gets 6 / (pi^2 k^2) of the solo alpha: every stretch of a rollout
+        # together stay within it.
+        alpha = self._solo_alpha * 6 / (math.pi**2 * self._solo_periods**2)
+        requests, failures = self.baseline_requests, self.baseline_failures
+        if recent is not None and recent[0] > requests:
+            requests, failures = recent[0], min(recent[1], recent[0])
+        reference = None
+        if requests:
+            bound = _upper_rate(failures, requests, alpha / 2)
+            reference = max(bound, self._min_error_rate)
+        self.solo = _Solo(now, reference, alpha / 2, requests)
+
     def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
         """Take in one interval ending at `now`: requests and failures of each release."""
         started = self.fail.restart_if_due(now)
         self._marks += [(self.canary_requests, self.canary_failures)] * started
         self.canary_requests += n_c
         self.canary_failures += x_c
+        self.baseline_requests += n_b
+        self.baseline_failures += x_b
+        if self.solo is not None and self.solo.open:
+            self.solo.add(n_c, x_c)
         if now <= self._steady_from:
             return  # the split moved during this interval: it is no evidence either way
         stratum = _Stratum.of(n_c, x_c, n_b, x_b)
@@ -536,6 +585,67 @@ class _ErrorTest:
 def _floor_grid(floor: float) -> tuple[float, ...]:
     candidates = {floor * m for m in (2, 5, 20, 100)} | {0.3, 0.9}
     return tuple(sorted(r for r in candidates if floor < r < 1))
+
+
+class _Solo:
+    """The canary alone (no baseline traffic beside it): its own failures against the
+    baseline's rate before, a one-sample test. With no contemporaneous baseline, a
+    failure that hits every release alike cannot be told from the canary's own, so this
+    test only runs while it must, and compares with an upper bound of the baseline's rate
+    (Chernoff's, at level `alpha`): a mixture over higher rates of the canary's binomial
+    likelihood ratios (as for the floor), alarming at 1 / alpha. Its false alarms are at
+    most 2 alpha: the bound's and the mixture's."""
+
+    def __init__(
+        self, started: float, reference: float | None, alpha: float, reference_requests: int
+    ) -> None:
+        self.started = started
+        self.reference = reference  # None: no baseline request seen yet, nothing to judge
+        self.reference_requests = reference_requests  # baseline requests it is bound from
+        self.bar = 1.0 / alpha
+        self.open = True
+        self.requests = 0
+        self.failures = 0
+        self.evidence = 1.0
+        self._mixture: _RateMixture | None = None
+        if reference is not None:
+            rates = tuple(min(reference * m, 0.999) for m in SOLO_GRID)
+            self._mixture = _RateMixture(tuple(r for r in rates if r > reference), reference)
+
+    @property
+    def alarmed(self) -> bool:
+        return self.evidence >= self.bar
+
+    def add(self, requests: int, failures: int) -> None:
+        self.requests += requests
+        self.failures += failures
+        if self._mixture is not None and failures:  # only a failure can raise it
+            self.evidence = max(self.evidence, self._mixture.value(self.requests, self.failures))
+
+
+def _upper_rate(failures: int, requests: int, alpha: float) -> float:
+    """A rate that `failures` in `requests` stays under with probability 1 - alpha: the
+    largest p with requests * KL(failures / requests || p) <= log(1 / alpha) (Chernoff)."""
+    observed = failures / requests
+    budget = math.log(1 / alpha) / requests
+    low, high = observed, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if _kl(observed, middle) <= budget:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _kl(p: float, q: float) -> float:
+    """Kullback-Leibler divergence between Bernoulli(p) and Bernoulli(q)."""
+    total = 0.0
+    if p > 0:
+        total += p * math.log(p / q)
+    if p < 1:
+        total += (1 - p) * math.log((1 - p) / (1 - q)) if q < 1 else math.inf
+    return total
 
 
 class _LatencyTest:
@@ -650,6 +760,10 @@ class SequentialAnalysis:
         if weight is not None:
             if self._weight is not None and weight != self._weight:
                 self._errors.share_changed(now)
+            if weight >= 1.0:
+                self._errors.alone(now, observation.baseline_recent)
+            elif self._errors.solo is not None:
+                self._errors.solo.open = False
             self._weight = weight
         self._errors.update(now, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
@@ -675,6 +789,15 @@ class SequentialAnalysis:
             reason = (
                 f"canary fails more than baseline: {self._rates()} (evidence {error:.0f} "
                 f">= {errors.fail.bar:.0f}; false-rollback rate {s.alpha:g})"
+            )
+            return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
+        solo = errors.solo
+        if solo is not None and solo.alarmed and solo.reference is not None:
+            reason = (
+                f"canary fails more than baseline did before it took all traffic: "
+                f"{solo.failures} of {solo.requests} canary requests failed since, "
+                f"baseline at most {percent(solo.reference)} (evidence {solo.evidence:.0f} "
+                f">= {solo.bar:.0f}; false-rollback rate {s.alpha:g})"
             )
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
         if latency is not None and latency.fail.alarmed:
@@ -705,6 +828,12 @@ class SequentialAnalysis:
             f"{errors.fail.bar:.0f} (errors), {slower:.3g} of {self._latency_bar:.0f} "
             f"(latency); to pass {min(error_pass, faster):.3g} of {self._pass_bar:.0f}"
         )
+        if solo is not None and solo.open:
+            reason += (
+                f"; canary alone: {solo.evidence:.3g} of {solo.bar:.0f}"
+                if solo.reference is not None
+                else "; canary alone with no baseline rate to compare with"
+            )
         return Verdict(CONTINUE, reason, self._figures(elapsed, evidence))
 
     def _rates(self) -> str:
@@ -740,6 +869,14 @@ class SequentialAnalysis:
             "error_pass_evidence": evidence[1],
             "evidence_to_pass": self._pass_bar,
         }
+        solo = errors.solo
+        if solo is not None and solo.reference is not None:
+            figures["alone_requests"] = solo.requests
+            figures["alone_failures"] = solo.failures
+            figures["alone_baseline_rate_bound"] = solo.reference
+            figures["alone_baseline_requests"] = solo.reference_requests
+            figures["alone_evidence"] = solo.evidence
+            figures["alone_evidence_to_fail"] = solo.bar
         if latency is not None:
             figures["latency_evidence"] = evidence[2]
             figures["latency_evidence_to_fail"] = latency.fail.bar

@@ -56,7 +56,8 @@ class Event:
 class ObservationRow(NamedTuple):
     """One point of a rollout's analysis: cumulative counts of both releases at `at`, the
     latencies (ms) each release logged since the previous point (a bounded sample), and
-    the canary's share of traffic by the router's weights (None: not known)."""
+    the canary's share of traffic by the router's weights (None: not known), and the
+    baseline's (requests, failures) over the router's recent history, when given."""
 
     at: float
     canary_requests: int
@@ -66,6 +67,7 @@ class ObservationRow(NamedTuple):
     canary_ms: tuple[float, ...] = ()
     baseline_ms: tuple[float, ...] = ()
     canary_weight: float | None = None
+    baseline_recent: tuple[int, int] | None = None
 
     @property
     def counts(self) -> tuple[int, int, int, int]:

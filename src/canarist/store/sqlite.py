@@ -68,11 +68,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 3: the latencies behind each observation (float32 arrays), so the latency test
-    # resumes too, and the canary's traffic share the router had then.
+    # resumes too, the canary's traffic share the router had then, and the baseline's
+    # recent counts when given.
     """
     ALTER TABLE observations ADD COLUMN canary_ms BLOB NOT NULL DEFAULT x'';
     ALTER TABLE observations ADD COLUMN baseline_ms BLOB NOT NULL DEFAULT x'';
-    ALTER TABLE observations ADD COLUMN canary_weight REAL
+    ALTER TABLE observations ADD COLUMN canary_weight REAL;
+    ALTER TABLE observations ADD COLUMN recent_requests INTEGER;
+    ALTER TABLE observations ADD COLUMN recent_failures INTEGER
     """,
 )
 
@@ -279,9 +282,10 @@ class SQLiteStore:
         o = observation
         self._db.execute(
             "INSERT INTO observations (rollout_id, seq, at, canary_requests, canary_failures,"
-            " baseline_requests, baseline_failures, canary_ms, baseline_ms, canary_weight)"
+            " baseline_requests, baseline_failures, canary_ms, baseline_ms, canary_weight,"
+            " recent_requests, recent_failures)"
             " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM observations"
-            " WHERE rollout_id = ?), ?, ?, ?, ?, ?, ?, ?, ?)",
+            " WHERE rollout_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rollout_id,
                 rollout_id,
@@ -290,6 +294,7 @@ class SQLiteStore:
                 _floats(o.canary_ms),
                 _floats(o.baseline_ms),
                 o.canary_weight,
+                *(o.baseline_recent or (None, None)),
             ),
         )
 
@@ -297,7 +302,8 @@ class SQLiteStore:
         """A rollout's analysis points, in order."""
         rows = self._db.execute(
             "SELECT at, canary_requests, canary_failures, baseline_requests, baseline_failures,"
-            " canary_ms, baseline_ms, canary_weight FROM observations WHERE rollout_id = ?"
+            " canary_ms, baseline_ms, canary_weight, recent_requests, recent_failures"
+            " FROM observations WHERE rollout_id = ?"
             " ORDER BY seq",
             (rollout_id,),
         ).fetchall()
@@ -311,6 +317,9 @@ class SQLiteStore:
                 _unfloats(row["canary_ms"]),
                 _unfloats(row["baseline_ms"]),
                 row["canary_weight"],
+                None
+                if row["recent_requests"] is None
+                else (row["recent_requests"], row["recent_failures"]),
             )
             for row in rows
         ]
