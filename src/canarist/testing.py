@@ -200,7 +200,7 @@ class FakeMetrics:
             for release, (n, f) in self.counts.get(service, {}).items()
         }
 
-    def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
+    async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
         """What was added for the release, whatever the windows (the latest
         `recent_adds` adds only, when set); None when nothing was."""
         added = self.added.get((service, release))

@@ -276,7 +276,8 @@ async def test_a_bad_blue_green_release_is_rolled_back_in_its_warm_period(
     # saw more of it than the analysis did.
     verdict = [e for e in history["events"] if e["kind"] == "analysis.verdict"][-1]
     reference = verdict["detail"]["figures"]["alone_baseline_requests"]
-    assert reference == world.metrics.recent("web", world.v1, 600)[0]  # type: ignore[index]
+    recent = await world.metrics.recent("web", world.v1, 600)
+    assert recent is not None and reference == recent[0]
     assert reference > verdict["detail"]["figures"]["baseline_requests"]
 
 

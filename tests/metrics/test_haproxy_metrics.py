@@ -170,7 +170,7 @@ async def test_recent_counts_outlive_windows(
     router had counted before the provider's first read is not in it."""
     metrics, router = scripted
     monkeypatch.setattr(haproxy_metrics, "HISTORY_STEP", 0.0)  # remember every read
-    assert metrics.recent("web", "A", 60) is None  # never seen
+    assert await metrics.recent("web", "A", 60) is None  # never seen
     router.count("A", 10, 1)  # from before the provider's first read
     await metrics.poll()
     await asyncio.sleep(0.05)
@@ -180,8 +180,8 @@ async def test_recent_counts_outlive_windows(
     await asyncio.sleep(0.05)
     router.count("A", 60, 4)
     await metrics.poll()
-    assert metrics.recent("web", "A", 60) == (50, 3)
-    assert metrics.recent("web", "A", 0.02) == (0, 0)  # only the last read is that recent
+    assert await metrics.recent("web", "A", 60) == (50, 3)
+    assert await metrics.recent("web", "A", 0.02) == (0, 0)  # only the last read is that recent
     assert counts(await metrics.snapshot("web"))["A"] == (20, 1)  # the window, since reset
 
 

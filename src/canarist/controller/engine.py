@@ -369,18 +369,20 @@ class Engine:
         if analyzing:
             window = runtime.window
             share = _canary_share(runtime.applied_weights, rollout.release, rollout.previous)
-            recent = None
-            metrics = self._metrics(rollout.service)
-            if share == 1.0 and rollout.previous and isinstance(metrics, KeepsHistory):
-                # All traffic on the canary: the baseline's recent rate is the reference.
-                recent = metrics.recent(rollout.service, rollout.previous, REFERENCE_SECONDS)
+            if share != 1.0:
+                watch.alone, watch.baseline_recent = False, None
+            elif not watch.alone:
+                # All traffic on the canary from now: the baseline's recent rate is the
+                # reference, asked once per such stretch (it may be a remote query).
+                watch.alone = True
+                watch.baseline_recent = await self._recent(rollout.service, rollout.previous)
             watch.observe(
                 svc.analysis,
                 now,
                 window.get(rollout.release),
                 window.get(rollout.previous or ""),
                 share,
-                recent,
+                watch.baseline_recent,
             )
             row = watch.to_persist()
             if row is not None:
@@ -402,6 +404,18 @@ class Engine:
         if reason is None and svc.analysis.alarms:
             reason = await self._alarm_reason(rollout.service, svc.analysis.alarms)
         return reason
+
+    async def _recent(self, service: str, release: str | None) -> tuple[int, int] | None:
+        """A release's counts over the metrics provider's last REFERENCE_SECONDS, if it
+        keeps them (None otherwise, or when it cannot say)."""
+        metrics = self._metrics(service)
+        if release is None or not isinstance(metrics, KeepsHistory):
+            return None
+        try:
+            return await metrics.recent(service, release, REFERENCE_SECONDS)
+        except DriverError as exc:
+            log.warning("%s: metrics history: %s", service, exc)
+            return None
 
     async def _alarm_reason(self, service: str, names: Sequence[str]) -> str | None:
         """A reason when any of the named alarms is in ALARM (needs an alarm source)."""

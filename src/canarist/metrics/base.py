@@ -57,7 +57,7 @@ class KeepsHistory(Protocol):
     windows: the baseline's rate before an analysis began, for a canary that then takes
     all the traffic (nothing runs beside it to compare with)."""
 
-    def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
+    async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
         """Requests and failures of the release over the last `seconds` (or as much of
         them as the provider saw), or None when it has seen nothing of the release."""
 

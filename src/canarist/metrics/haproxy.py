@@ -324,7 +324,7 @@ class HAProxyMetrics:
         books.base = dict(books.totals)
         books.latency.clear()
 
-    def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
+    async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
         """The release's requests and failures over the last `seconds` as of the last read
         (over less when the provider has not been reading that long; at most
         HISTORY_SECONDS), or None when no read has seen it."""
