@@ -113,6 +113,22 @@ async def test_reset_starts_a_new_window(aws: Any, clock: FakeClock) -> None:
     assert (window.requests, window.failures) == (7, 0)
 
 
+async def test_recent_counts_span_windows_in_one_call(aws: Any, clock: FakeClock) -> None:
+    """A release's last minutes, whatever the window: the reference for a canary that
+    takes all traffic. Only the counts are asked for, in one GetMetricData."""
+    metrics = CloudWatchMetrics(aws, ALB_SETTINGS, clock=clock)
+    put_alb(aws, TG_OLD, clock() - 1200, RequestCount=500.0)  # 20 minutes ago: too old
+    put_alb(aws, TG_OLD, clock() - 300, RequestCount=100.0, HTTPCode_Target_5XX_Count=1.0)
+    put_alb(aws, TG_OLD, clock() + 5, RequestCount=50.0, TargetConnectionErrorCount=2.0)
+    clock.advance(10)
+    await metrics.reset("web")
+    calls = count_calls(metrics)
+    assert await metrics.recent("web", STABLE, 600) == (150, 3)
+    assert calls == ["GetMetricData"]
+    assert await metrics.recent("web", CANARY, 600) is None  # not bound
+    assert await metrics.recent("other", STABLE, 600) is None
+
+
 async def test_latency_figures_are_handed_out_once_settled(aws: Any, clock: FakeClock) -> None:
     """Each settled period gives one value per statistic, in milliseconds, once."""
     metrics = CloudWatchMetrics(aws, {**ALB_SETTINGS, "settle": 60}, clock=clock)

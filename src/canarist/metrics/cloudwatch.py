@@ -261,6 +261,25 @@ class CloudWatchMetrics:
         window.latency_from = newest_settled
         return windows
 
+    async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
+        """A bound release's requests and failures over the last `seconds` (whole periods,
+        the current one included), whatever the windows; None when it is not bound."""
+        source = self.settings.services.get(service)
+        value = self._bound.get(service, {}).get(release)
+        if source is None or value is None:
+            return None
+        measures = _ALB if isinstance(source, AlbService) else _LAMBDA
+        counted = ("r0_requests", *(f"r0_failures{j}" for j in range(len(measures.failures))))
+        queries = [
+            q for q in self._queries(source, measures, [(release, value)]) if q["Id"] in counted
+        ]
+        now = self._clock()
+        start, end = self._floor(now - seconds), self._floor(now) + self.settings.period
+        results = await asyncio.to_thread(self._get_metric_data, queries, start, end)
+        requests = _total(results.get("r0_requests", ()))
+        failures = sum(_total(results.get(name, ())) for name in counted[1:])
+        return requests, min(failures, requests)
+
     # -- alarms ----------------------------------------------------------------------------
 
     async def alarms_firing(self, names: Sequence[str]) -> list[str]:
