@@ -60,17 +60,20 @@ Latency: a sequential rank test on contemporaneous pairs
 
 The canary alone (all the traffic on it: blue-green's warm period, a last 100 % step)
     With no baseline beside it there is nothing contemporaneous to compare with. When
-    the caller says the router gives the canary all the traffic, a one-sample test
-    takes over for that stretch: the canary's own failures since, against an upper
-    bound of the baseline's rate over the analysis so far, or over the router's recent
-    history (`Observation.baseline_recent`) when that saw more (Chernoff's bound, so the
-    reference is too low with probability at most a/2), by a mixture of binomial
-    likelihood ratios over higher rates alarming at 2/a. It spends SOLO_SHARE of the
-    error test's alpha (stretch k of a rollout 6 / (pi^2 k^2) of that). Unlike the
-    tests above, it cannot tell a failure that hits every release from the canary's
-    own: that is the price of having no baseline running, as in Argo Rollouts'
-    post-promotion analysis. The analysis should start before the canary takes
-    traffic, so that the baseline's rate is known by then (the controller does).
+    the caller says the router gives the canary all the traffic, each interval of that
+    stretch multiplies every component of the rollback mixture by a one-sample
+    likelihood ratio instead: the canary's own outcomes under the rate its odds ratio
+    psi gives to a reference rate r0, against r0. The reference is an upper bound of
+    the baseline's rate over the analysis so far, or over the router's recent history
+    (`Observation.baseline_recent`) when that saw more: Chernoff's bound, too low with
+    probability at most SOLO_SHARE of the error test's alpha (stretch k of a rollout
+    6 / (pi^2 k^2) of that). While it holds and the canary fails no more often than
+    the baseline, those factors have expectation at most 1 given the past, so the
+    mixture stays a supermartingale and keeps its bar. Unlike the relative test, this
+    cannot tell a failure that hits every release from the canary's own: the price of
+    having no baseline running, as in Argo Rollouts' post-promotion analysis. The
+    analysis should start before the canary takes traffic, so that the baseline's rate
+    is known by then (the controller starts it with the rollout).
 
 Restarts, so that a late regression is caught as fast as an early one
     Under the null a mixture drifts down, and after a long good stretch a regression
@@ -82,7 +85,7 @@ Restarts, so that a late regression is caught as fast as an early one
 Guarantees and defaults
     alpha = 0.01 is the false-rollback rate of the whole judge, under continuous
     monitoring: a = alpha * (1 - latency_share) for errors (of which SOLO_SHARE for the
-    canary alone) and alpha * latency_share for latency (union bound). beta = 0.1: a
+    reference of a canary alone) and alpha * latency_share for latency (union bound). beta = 0.1: a
     canary whose failure odds are twice the baseline's (error_degradation = 2), or whose
     latencies are 25 % higher (latency_degradation = 0.25), passes with probability at
     most 0.1 (power 0.9).
@@ -159,11 +162,10 @@ SHARE_WINDOW = 30.0
 # change are left out of the error test: they may hold traffic split both ways (the
 # router applies a weight between two metric polls, which lag by up to a quarter second).
 SHARE_SETTLE = 0.5
-# Part of the error test's alpha kept for canaries with no baseline beside them (all the
-# traffic on the canary: blue-green's warm period), half for the reference rate's bound.
+# Part of the error test's alpha kept for the bound on the baseline's rate that a canary
+# with no baseline beside it (all the traffic on it: blue-green's warm period) is judged
+# against.
 SOLO_SHARE = 0.1
-# Rates (multiples of the reference rate) the solo test's mixture spreads its weight over.
-SOLO_GRID = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
 # Rollback mixtures start afresh this often; the first run keeps most of alpha.
 RESTART_EVERY = 60.0
 FIRST_RUN_SHARE = 0.8
@@ -461,17 +463,21 @@ class _ErrorTest:
         if self.solo is not None and self.solo.open:
             return
         self._solo_periods += 1
-        # Stretch k gets 6 / (pi^2 k^2) of the solo alpha: every stretch of a rollout
-        # together stay within it.
+        # Stretch k's bound may be wrong with probability 6 / (pi^2 k^2) of the solo
+        # alpha: every stretch of a rollout together stay within it.
         alpha = self._solo_alpha * 6 / (math.pi**2 * self._solo_periods**2)
         requests, failures = self.baseline_requests, self.baseline_failures
         if recent is not None and recent[0] > requests:
             requests, failures = recent[0], min(recent[1], recent[0])
-        reference = None
+        reference, increments = None, None
         if requests:
-            bound = _upper_rate(failures, requests, alpha / 2)
-            reference = max(bound, self._min_error_rate)
-        self.solo = _Solo(now, reference, alpha / 2, requests)
+            reference = max(_upper_rate(failures, requests, alpha), self._min_error_rate)
+            odds = reference / (1 - reference)
+            rates = [odds * psi / (1 + odds * psi) for psi in ERROR_GRID]
+            increments = [
+                (math.log(r / reference), math.log((1 - r) / (1 - reference))) for r in rates
+            ]
+        self.solo = _Solo(now, reference, requests, increments)
 
     def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
         """Take in one interval ending at `now`: requests and failures of each release."""
@@ -481,8 +487,16 @@ class _ErrorTest:
         self.canary_failures += x_c
         self.baseline_requests += n_b
         self.baseline_failures += x_b
-        if self.solo is not None and self.solo.open:
-            self.solo.add(n_c, x_c)
+        solo = self.solo
+        if solo is not None and solo.open:
+            # The canary's own outcomes, whatever the split was in this interval.
+            solo.requests += n_c
+            solo.failures += x_c
+            if solo.per_request is not None and n_c:
+                successes = n_c - x_c
+                self.fail.add([x_c * f + successes * s for f, s in solo.per_request])
+                solo.decided = self.fail.alarmed
+            return
         if now <= self._steady_from:
             return  # the split moved during this interval: it is no evidence either way
         stratum = _Stratum.of(n_c, x_c, n_b, x_b)
@@ -588,39 +602,26 @@ def _floor_grid(floor: float) -> tuple[float, ...]:
 
 
 class _Solo:
-    """The canary alone (no baseline traffic beside it): its own failures against the
-    baseline's rate before, a one-sample test. With no contemporaneous baseline, a
-    failure that hits every release alike cannot be told from the canary's own, so this
-    test only runs while it must, and compares with an upper bound of the baseline's rate
-    (Chernoff's, at level `alpha`): a mixture over higher rates of the canary's binomial
-    likelihood ratios (as for the floor), alarming at 1 / alpha. Its false alarms are at
-    most 2 alpha: the bound's and the mixture's."""
+    """A stretch with the canary alone: the reference rate it is judged against (an upper
+    bound of the baseline's rate, None when no baseline request was ever seen), the
+    baseline requests that bound came from, and the per-failure and per-success log
+    likelihood ratios of each rollback component's rate against it."""
 
     def __init__(
-        self, started: float, reference: float | None, alpha: float, reference_requests: int
+        self,
+        started: float,
+        reference: float | None,
+        reference_requests: int,
+        per_request: list[tuple[float, float]] | None,
     ) -> None:
         self.started = started
-        self.reference = reference  # None: no baseline request seen yet, nothing to judge
-        self.reference_requests = reference_requests  # baseline requests it is bound from
-        self.bar = 1.0 / alpha
+        self.reference = reference
+        self.reference_requests = reference_requests
+        self.per_request = per_request
         self.open = True
+        self.decided = False  # the rollback mixture reached its bar in this stretch
         self.requests = 0
         self.failures = 0
-        self.evidence = 1.0
-        self._mixture: _RateMixture | None = None
-        if reference is not None:
-            rates = tuple(min(reference * m, 0.999) for m in SOLO_GRID)
-            self._mixture = _RateMixture(tuple(r for r in rates if r > reference), reference)
-
-    @property
-    def alarmed(self) -> bool:
-        return self.evidence >= self.bar
-
-    def add(self, requests: int, failures: int) -> None:
-        self.requests += requests
-        self.failures += failures
-        if self._mixture is not None and failures:  # only a failure can raise it
-            self.evidence = max(self.evidence, self._mixture.value(self.requests, self.failures))
 
 
 def _upper_rate(failures: int, requests: int, alpha: float) -> float:
@@ -785,19 +786,20 @@ class SequentialAnalysis:
             (latency.fail.evidence, latency.pass_.value) if latency is not None else (0.0, math.inf)
         )
         evidence = (error, error_pass, slower, faster)
+        solo = errors.solo
+        if errors.fail.alarmed and solo is not None and solo.decided:
+            assert solo.reference is not None  # decided only with a reference
+            reason = (
+                f"canary fails more than baseline did before it took all traffic: "
+                f"{solo.failures} of {solo.requests} canary requests failed since, "
+                f"baseline at most {percent(solo.reference)} (evidence {error:.0f} "
+                f">= {errors.fail.bar:.0f}; false-rollback rate {s.alpha:g})"
+            )
+            return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
         if errors.fail.alarmed:
             reason = (
                 f"canary fails more than baseline: {self._rates()} (evidence {error:.0f} "
                 f">= {errors.fail.bar:.0f}; false-rollback rate {s.alpha:g})"
-            )
-            return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
-        solo = errors.solo
-        if solo is not None and solo.alarmed and solo.reference is not None:
-            reason = (
-                f"canary fails more than baseline did before it took all traffic: "
-                f"{solo.failures} of {solo.requests} canary requests failed since, "
-                f"baseline at most {percent(solo.reference)} (evidence {solo.evidence:.0f} "
-                f">= {solo.bar:.0f}; false-rollback rate {s.alpha:g})"
             )
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
         if latency is not None and latency.fail.alarmed:
@@ -830,7 +832,8 @@ class SequentialAnalysis:
         )
         if solo is not None and solo.open:
             reason += (
-                f"; canary alone: {solo.evidence:.3g} of {solo.bar:.0f}"
+                f"; canary alone, against the baseline's rate before: at most "
+                f"{percent(solo.reference)}"
                 if solo.reference is not None
                 else "; canary alone with no baseline rate to compare with"
             )
@@ -875,8 +878,6 @@ class SequentialAnalysis:
             figures["alone_failures"] = solo.failures
             figures["alone_baseline_rate_bound"] = solo.reference
             figures["alone_baseline_requests"] = solo.reference_requests
-            figures["alone_evidence"] = solo.evidence
-            figures["alone_evidence_to_fail"] = solo.bar
         if latency is not None:
             figures["latency_evidence"] = evidence[2]
             figures["latency_evidence_to_fail"] = latency.fail.bar
