@@ -275,7 +275,7 @@ async def test_a_bad_blue_green_release_is_rolled_back_in_its_warm_period(
     # The reference is the old release's recent history from the metrics provider, which
     # saw more of it than the analysis did.
     verdict = [e for e in history["events"] if e["kind"] == "analysis.verdict"][-1]
-    reference = verdict["detail"]["figures"]["alone_baseline_requests"]
+    reference = verdict["detail"]["figures"]["reference_requests"]
     recent = await world.metrics.recent("web", world.v1, 600)
     assert recent is not None and reference == recent[0]
     assert reference > verdict["detail"]["figures"]["baseline_requests"]
@@ -293,3 +293,28 @@ async def test_a_healthy_blue_green_release_with_the_same_noise_is_promoted(
     history = world.engine.history("web")[0]
     assert history["phase"] == "promoted", history["reason"]
     assert world.status()["stable"] == world.v2
+
+
+async def test_a_release_failing_its_testers_in_preview_is_rolled_back_before_the_switch(
+    tmp_path: Path,
+) -> None:
+    """Blue-green with a preview: requests that ask for the new release with the canary
+    header fail by a third while it has no weight; it is rolled back and never served
+    weighted traffic (Argo Rollouts' pre-promotion analysis)."""
+    world = World(tmp_path, BLUE_GREEN.replace("blue-green", "blue-green\n      preview: 60s"))
+    rng = random.Random(4)
+    await world.engine.deploy("web", world.v1)
+    await world.settle()
+    await world.engine.deploy("web", world.v2)
+    for _ in range(240):  # 60 s: 100 req/s on v1, 2 req/s of testers on v2
+        failures = sum(rng.random() < 0.005 for _ in range(25))
+        world.metrics.add("web", world.v1, 25, failures)
+        if rng.random() < 0.5:
+            world.metrics.add("web", world.v2, 1, int(rng.random() < 0.33))
+        await world.settle(1, step=0.25)
+        if world.status()["phase"] != "progressing":
+            break
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back", history["reason"]
+    assert "asked for it" in history["reason"]
+    assert all(weights.get(world.v2, 0) == 0 for _, weights in world.router.history)

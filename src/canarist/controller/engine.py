@@ -369,12 +369,13 @@ class Engine:
         if analyzing:
             window = runtime.window
             share = _canary_share(runtime.applied_weights, rollout.release, rollout.previous)
-            if share != 1.0:
-                watch.alone, watch.baseline_recent = False, None
-            elif not watch.alone:
-                # All traffic on the canary from now: the baseline's recent rate is the
-                # reference, asked once per such stretch (it may be a remote query).
-                watch.alone = True
+            if share not in (0.0, 1.0):
+                watch.on_its_own, watch.baseline_recent = None, None
+            elif watch.on_its_own != share:
+                # All traffic on the canary, or none but what asks for it, from now: the
+                # canary is judged on its own against the baseline's recent rate, asked
+                # once per such stretch (it may be a remote query).
+                watch.on_its_own = share
                 watch.baseline_recent = await self._recent(rollout.service, rollout.previous)
             watch.observe(
                 svc.analysis,

@@ -50,9 +50,9 @@ class Watch:
     last: ObservationRow = NOTHING  # latest counts seen
     persisted: ObservationRow | None = None  # latest counts written to the store
     # The baseline's counts over the metrics provider's recent history, fetched when the
-    # canary came to take all traffic (None otherwise): its reference then.
+    # canary came to take all the traffic or none (None otherwise): its reference then.
     baseline_recent: tuple[int, int] | None = None
-    alone: bool = False  # whether the canary takes all traffic (as of the last tick)
+    on_its_own: float | None = None  # the canary's share when it was 1 or 0 (last tick)
     # Latencies judged since the last stored row, to be stored with the next one.
     unstored: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
 

@@ -58,22 +58,29 @@ Latency: a sequential rank test on contemporaneous pairs
     supermartingale under the null. The pass side compares with the baseline scaled by
     1 + latency_degradation and mixes over a < 1.
 
-The canary alone (all the traffic on it: blue-green's warm period, a last 100 % step)
-    With no baseline beside it there is nothing contemporaneous to compare with. When
-    the caller says the router gives the canary all the traffic, each interval of that
-    stretch multiplies every component of the rollback mixture by a one-sample
-    likelihood ratio instead: the canary's own outcomes under the rate its odds ratio
-    psi gives to a reference rate r0, against r0. The reference is an upper bound of
-    the baseline's rate over the analysis so far, or over the router's recent history
-    (`Observation.baseline_recent`) when that saw more: Chernoff's bound, too low with
-    probability at most SOLO_SHARE of the error test's alpha (stretch k of a rollout
-    6 / (pi^2 k^2) of that). While it holds and the canary fails no more often than
-    the baseline, those factors have expectation at most 1 given the past, so the
-    mixture stays a supermartingale and keeps its bar. Unlike the relative test, this
-    cannot tell a failure that hits every release from the canary's own: the price of
-    having no baseline running, as in Argo Rollouts' post-promotion analysis. The
-    analysis should start before the canary takes traffic, so that the baseline's rate
-    is known by then (the controller starts it with the rollout).
+When the split is not random: the canary alone, or only on request
+    When the router gives the canary all the traffic (blue-green's warm period, a last
+    100 % step), no baseline runs beside it to compare with; when it gives it none
+    (blue-green's preview, a canary starting), its requests are those that asked for
+    it with the canary header, chosen by clients rather than at random, and the
+    label-versus-outcome null no longer holds. When the caller says so
+    (`Observation.canary_weight` 1 or 0), each interval of such a stretch multiplies
+    every component of the rollback mixture by a one-sample likelihood ratio instead:
+    the canary's own outcomes under the rate its odds ratio psi gives to a reference
+    rate r0, against r0. The reference is an upper bound of the baseline's rate over
+    the analysis so far, or over the router's recent history
+    (`Observation.baseline_recent`) when that saw more: Chernoff's bound, fixed before
+    the outcomes it judges, and bound again each time the baseline's requests have
+    doubled (a baseline runs beside a canary on request); the k-th bound of a rollout is
+    too low with probability at most 6 / (pi^2 k^2) of SOLO_SHARE of the error test's
+    alpha. While they hold and the canary fails no more often than the baseline, those
+    factors have expectation at most 1 given the past, so the mixture stays a
+    supermartingale and keeps its bar. Unlike the relative test, this cannot tell a
+    failure that hits every release from the canary's own (for the canary alone, the
+    price of having no baseline running, as in Argo Rollouts' post-promotion analysis),
+    and on request it judges the requests that testers chose. The analysis should start
+    before the canary takes traffic, so that the baseline's rate is known by then (the
+    controller starts it with the rollout).
 
 Restarts, so that a late regression is caught as fast as an early one
     Under the null a mixture drifts down, and after a long good stretch a regression
@@ -85,11 +92,11 @@ Restarts, so that a late regression is caught as fast as an early one
 Guarantees and defaults
     alpha = 0.01 is the false-rollback rate of the whole judge, under continuous
     monitoring: a = alpha * (1 - latency_share) for errors (of which SOLO_SHARE for the
-    reference of a canary alone) and alpha * latency_share for latency (union bound). beta = 0.1: a
-    canary whose failure odds are twice the baseline's (error_degradation = 2), or whose
-    latencies are 25 % higher (latency_degradation = 0.25), passes with probability at
-    most 0.1 (power 0.9).
-    No pass before `min_requests` canary requests; until then the verdict is no_data.
+    reference of a canary judged on its own) and alpha * latency_share for latency
+    (union bound). beta = 0.1: a canary whose failure odds are twice the baseline's
+    (error_degradation = 2), or whose latencies are 25 % higher (latency_degradation =
+    0.25), passes with probability at most 0.1 (power 0.9). No pass before
+    `min_requests` canary requests; until then the verdict is no_data.
 
 Assumptions: requests are split between the releases independently of how likely they
 are to fail (by weight, not by a client property that also drives failures); the
@@ -437,7 +444,7 @@ class _ErrorTest:
         self.baseline_requests = 0
         self.baseline_failures = 0
         self.solo: _Solo | None = None  # the canary alone: the current or last such stretch
-        self._solo_periods = 0
+        self._bounds = 0  # references bound so far
 
     def share_changed(self, now: float) -> None:
         """The router's split moved in the interval ending at `now`: no block or stratum
@@ -456,28 +463,36 @@ class _ErrorTest:
         self._history_canary = self._history_total = 0
         self.share = 0.5
 
-    def alone(self, now: float, recent: tuple[int, int] | None) -> None:
-        """The canary now takes all the traffic (the baseline none): judge it against the
-        baseline's rate, fixed now, in a stretch of its own. The rate is the baseline's
+    def on_its_own(self, now: float, recent: tuple[int, int] | None, kind: str) -> None:
+        """The split is not random from now (`kind`: "alone", all the traffic on the
+        canary; "on request", none but what asks for it): judge the canary's own outcomes
+        against the baseline's rate in a stretch of its own. The rate is the baseline's
         over this analysis, or over the router's `recent` history if that saw more."""
-        if self.solo is not None and self.solo.open:
+        if self.solo is not None and self.solo.open and self.solo.kind == kind:
             return
-        self._solo_periods += 1
-        # Stretch k's bound may be wrong with probability 6 / (pi^2 k^2) of the solo
-        # alpha: every stretch of a rollout together stay within it.
-        alpha = self._solo_alpha * 6 / (math.pi**2 * self._solo_periods**2)
+        self.solo = _Solo(kind, now)
         requests, failures = self.baseline_requests, self.baseline_failures
         if recent is not None and recent[0] > requests:
             requests, failures = recent[0], min(recent[1], recent[0])
-        reference, increments = None, None
-        if requests:
-            reference = max(_upper_rate(failures, requests, alpha), self._min_error_rate)
-            odds = reference / (1 - reference)
-            rates = [odds * psi / (1 + odds * psi) for psi in ERROR_GRID]
-            increments = [
-                (math.log(r / reference), math.log((1 - r) / (1 - reference))) for r in rates
-            ]
-        self.solo = _Solo(now, reference, requests, increments)
+        self._bound_reference(requests, failures)
+
+    def _bound_reference(self, requests: int, failures: int) -> None:
+        """Fix the open stretch's reference from that many baseline requests and failures,
+        for the canary's outcomes from now on. Bound k may be too low with probability
+        6 / (pi^2 k^2) of the solo alpha: all of a rollout's bounds together stay within
+        it."""
+        solo = self.solo
+        if solo is None or not requests:
+            return
+        self._bounds += 1
+        alpha = self._solo_alpha * 6 / (math.pi**2 * self._bounds**2)
+        reference = max(_upper_rate(failures, requests, alpha), self._min_error_rate)
+        odds = reference / (1 - reference)
+        rates = [odds * psi / (1 + odds * psi) for psi in ERROR_GRID]
+        solo.reference, solo.reference_requests = reference, requests
+        solo.per_request = [
+            (math.log(r / reference), math.log((1 - r) / (1 - reference))) for r in rates
+        ]
 
     def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
         """Take in one interval ending at `now`: requests and failures of each release."""
@@ -489,6 +504,10 @@ class _ErrorTest:
         self.baseline_failures += x_b
         solo = self.solo
         if solo is not None and solo.open:
+            # The baseline running beside a canary on request makes a tighter reference
+            # as it goes: bound again each time it has doubled (and from 100 requests).
+            if self.baseline_requests >= max(2 * solo.reference_requests, 100):
+                self._bound_reference(self.baseline_requests, self.baseline_failures)
             # The canary's own outcomes, whatever the split was in this interval.
             solo.requests += n_c
             solo.failures += x_c
@@ -602,22 +621,18 @@ def _floor_grid(floor: float) -> tuple[float, ...]:
 
 
 class _Solo:
-    """A stretch with the canary alone: the reference rate it is judged against (an upper
-    bound of the baseline's rate, None when no baseline request was ever seen), the
-    baseline requests that bound came from, and the per-failure and per-success log
-    likelihood ratios of each rollback component's rate against it."""
+    """A stretch with the canary judged on its own ("alone" or "on request"): the
+    reference rate it is judged against (an upper bound of the baseline's rate, None
+    until a baseline request is seen), the baseline requests that bound came from, and
+    the per-failure and per-success log likelihood ratios of each rollback component's
+    rate against it."""
 
-    def __init__(
-        self,
-        started: float,
-        reference: float | None,
-        reference_requests: int,
-        per_request: list[tuple[float, float]] | None,
-    ) -> None:
+    def __init__(self, kind: str, started: float) -> None:
+        self.kind = kind
         self.started = started
-        self.reference = reference
-        self.reference_requests = reference_requests
-        self.per_request = per_request
+        self.reference: float | None = None
+        self.reference_requests = 0
+        self.per_request: list[tuple[float, float]] | None = None
         self.open = True
         self.decided = False  # the rollback mixture reached its bar in this stretch
         self.requests = 0
@@ -761,8 +776,9 @@ class SequentialAnalysis:
         if weight is not None:
             if self._weight is not None and weight != self._weight:
                 self._errors.share_changed(now)
-            if weight >= 1.0:
-                self._errors.alone(now, observation.baseline_recent)
+            if weight >= 1.0 or weight <= 0.0:
+                kind = "alone" if weight >= 1.0 else "on request"
+                self._errors.on_its_own(now, observation.baseline_recent, kind)
             elif self._errors.solo is not None:
                 self._errors.solo.open = False
             self._weight = weight
@@ -789,11 +805,16 @@ class SequentialAnalysis:
         solo = errors.solo
         if errors.fail.alarmed and solo is not None and solo.decided:
             assert solo.reference is not None  # decided only with a reference
+            which = (
+                "did before it took all traffic"
+                if solo.kind == "alone"
+                else "on the requests that asked for it (it has no weight)"
+            )
             reason = (
-                f"canary fails more than baseline did before it took all traffic: "
-                f"{solo.failures} of {solo.requests} canary requests failed since, "
-                f"baseline at most {percent(solo.reference)} (evidence {error:.0f} "
-                f">= {errors.fail.bar:.0f}; false-rollback rate {s.alpha:g})"
+                f"canary fails more than baseline {which}: {solo.failures} of "
+                f"{solo.requests} canary requests failed, baseline at most "
+                f"{percent(solo.reference)} (evidence {error:.0f} >= {errors.fail.bar:.0f}; "
+                f"false-rollback rate {s.alpha:g})"
             )
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
         if errors.fail.alarmed:
@@ -832,10 +853,10 @@ class SequentialAnalysis:
         )
         if solo is not None and solo.open:
             reason += (
-                f"; canary alone, against the baseline's rate before: at most "
+                f"; canary {solo.kind}, against the baseline's rate: at most "
                 f"{percent(solo.reference)}"
                 if solo.reference is not None
-                else "; canary alone with no baseline rate to compare with"
+                else f"; canary {solo.kind} with no baseline rate to compare with"
             )
         return Verdict(CONTINUE, reason, self._figures(elapsed, evidence))
 
@@ -874,10 +895,11 @@ class SequentialAnalysis:
         }
         solo = errors.solo
         if solo is not None and solo.reference is not None:
-            figures["alone_requests"] = solo.requests
-            figures["alone_failures"] = solo.failures
-            figures["alone_baseline_rate_bound"] = solo.reference
-            figures["alone_baseline_requests"] = solo.reference_requests
+            figures["judged_on_its_own"] = solo.kind
+            figures["on_its_own_requests"] = solo.requests
+            figures["on_its_own_failures"] = solo.failures
+            figures["reference_rate_bound"] = solo.reference
+            figures["reference_requests"] = solo.reference_requests
         if latency is not None:
             figures["latency_evidence"] = evidence[2]
             figures["latency_evidence_to_fail"] = latency.fail.bar
