@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import TypeVar
 
 from canarist.judges import Analysis, Observation, Sample, make_judge
 
@@ -826,21 +827,42 @@ def benchmark(
     work: list[tuple[Scenario, int, int]] = []
     # The long A/A runs first, in small chunks, so that no process idles at the end.
     for scenario in sorted(scenarios(), key=lambda s: s.kind != "aa"):
-        total = aa_runs if scenario.kind == "aa" else runs
-        chunk = max(1, math.ceil(total / (10 * jobs)))
-        work += [(scenario, first, min(chunk, total - first)) for first in range(0, total, chunk)]
-    results: Results = {s: [] for s in scenarios()}
+        work += split_work(scenario, aa_runs if scenario.kind == "aa" else runs, jobs)
     started = time.monotonic()
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for (scenario, _, _), chunk_runs in zip(work, pool.map(run_chunk, work), strict=True):
-                results[scenario] += chunk_runs
-    else:
-        for item in work:
-            results[item[0]] += run_chunk(item)
+    results = run_work(scenarios(), work, run_chunk, jobs)
     if progress is not None:
         progress(f"simulated in {time.monotonic() - started:.1f}s")
     return results, report(results)
+
+
+Key = TypeVar("Key")
+Result = TypeVar("Result")
+
+
+def split_work(key: Key, total: int, jobs: int) -> list[tuple[Key, int, int]]:
+    """`total` runs of a scenario as units of work (key, first run, count): ten per process,
+    so that no process idles long at the end."""
+    chunk = max(1, math.ceil(total / (10 * jobs)))
+    return [(key, first, min(chunk, total - first)) for first in range(0, total, chunk)]
+
+
+def run_work(
+    keys: Iterable[Key],
+    work: Sequence[tuple[Key, int, int]],
+    run: Callable[[tuple[Key, int, int]], list[Result]],
+    jobs: int,
+) -> dict[Key, list[Result]]:
+    """Every unit of work through `run`, in `jobs` processes (this one if 1): each key's
+    results, in run order."""
+    results: dict[Key, list[Result]] = {key: [] for key in keys}
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for (key, _, _), done in zip(work, pool.map(run, work), strict=True):
+                results[key] += done
+    else:
+        for item in work:
+            results[item[0]] += run(item)
+    return results
 
 
 def report(results: Results) -> str:

@@ -43,10 +43,17 @@ import random
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from bench.blast_radius import ALPHA, BASELINE_ERROR, TICK, binomial, poisson
+from bench.blast_radius import (
+    ALPHA,
+    BASELINE_ERROR,
+    TICK,
+    binomial,
+    poisson,
+    run_work,
+    split_work,
+)
 
 from canarist.judges import Observation, Sample, make_judge
 
@@ -181,18 +188,8 @@ def benchmark(runs: int, aa_runs: int, jobs: int) -> dict[Scenario, list[dict[st
     """Every scenario's decisions, run by run."""
     work = []
     for scenario in scenarios():
-        total = aa_runs if scenario.error == BASELINE_ERROR else runs
-        chunk = max(1, math.ceil(total / (4 * jobs)))
-        work += [(scenario, first, min(chunk, total - first)) for first in range(0, total, chunk)]
-    results: dict[Scenario, list[dict[str, Decision]]] = {s: [] for s in scenarios()}
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for (scenario, _, _), done in zip(work, pool.map(_chunk, work), strict=True):
-                results[scenario] += done
-    else:
-        for item in work:
-            results[item[0]] += _chunk(item)
-    return results
+        work += split_work(scenario, aa_runs if scenario.error == BASELINE_ERROR else runs, jobs)
+    return run_work(scenarios(), work, _chunk, jobs)
 
 
 def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
