@@ -137,3 +137,24 @@ def test_too_few_samples_is_no_data() -> None:
     verdicts = run(1, MannWhitneySettings(min_samples=500), samples=100)
     assert verdicts[-1].outcome == "no_data"
     assert "not enough data" in verdicts[-1].reason
+
+
+def first_test_fails(runs: int, settings: MannWhitneySettings) -> float:
+    """Share of A/A analyses (same latencies, same 0.5 % errors) failed at the first test."""
+    failed = 0
+    for seed in range(runs):
+        analysis, rng, totals = MannWhitneyJudge(settings).begin(), random.Random(seed), [0] * 4
+        analysis.update(observe(rng, 30.0, totals))
+        failed += analysis.update(observe(rng, 60.0, totals)).outcome == "fail"
+    return failed / runs
+
+
+def test_the_false_rollback_rate_of_a_test_is_at_most_one_minus_confidence() -> None:
+    """A/A with no minimum effect: each test fails at most 1 - confidence of the time for
+    latency plus as much for errors; at confidence 0.8 that level is really spent."""
+    bare = {"min_effect": 1.0, "error_margin": 0.0}
+    runs = 400
+    strict = first_test_fails(runs, MannWhitneySettings(confidence=0.99, **bare))
+    assert strict <= 0.02 + 3 * math.sqrt(0.02 * 0.98 / runs)
+    loose = first_test_fails(runs, MannWhitneySettings(confidence=0.8, **bare))
+    assert 0.1 <= loose <= 0.4 + 3 * math.sqrt(0.4 * 0.6 / runs), loose

@@ -136,3 +136,21 @@ def test_a_gap_in_observations_closes_one_interval() -> None:
     assert verdict.figures["intervals"] == 1
     assert analysis.update(flow.advance(20, canary_error=0.0)).figures["intervals"] == 1
     assert analysis.update(flow.advance(20, canary_error=0.0)).figures["intervals"] == 2
+
+
+def test_the_false_rollback_rate_is_the_binomial_tail_of_the_limit() -> None:
+    """A/A, 600 canary requests an interval at 0.5 %: an interval fails when more than 6
+    fail (rate > 1 %), P = 1 - P(Bin(600, 0.005) <= 6) = 3.8 %. Over 1,500 seeded first
+    intervals the judge's rollbacks match that tail: it has no stated rate of its own."""
+    from math import comb, sqrt
+
+    tail = 1 - sum(comb(600, k) * 0.005**k * 0.995 ** (600 - k) for k in range(7))
+    settings = ThresholdSettings(max_p99_ratio=None)
+    runs, failed = 1500, 0
+    for seed in range(runs):
+        analysis, flow = ThresholdJudge(settings).begin(), Traffic(seed=seed)
+        for _ in range(4):
+            verdict = analysis.update(flow.advance(15, samples=0))
+        failed += verdict.outcome == "fail"
+    rate = failed / runs
+    assert abs(rate - tail) <= 4 * sqrt(tail * (1 - tail) / runs), (rate, tail)
