@@ -318,3 +318,30 @@ async def test_a_release_failing_its_testers_in_preview_is_rolled_back_before_th
     assert history["phase"] == "rolled_back", history["reason"]
     assert "asked for it" in history["reason"]
     assert all(weights.get(world.v2, 0) == 0 for _, weights in world.router.history)
+
+
+async def test_a_canary_that_passed_one_stage_is_still_rolled_back_at_the_next(
+    tmp_path: Path,
+) -> None:
+    """2,000 req/s. Healthy at 20 % (its analyze step passes early), failing a fifth of
+    requests once it takes 50 %: a bug that shows under load. The pass at 20 % does not
+    shield it."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    rng = random.Random(11)
+    verdicts: list[str] = []
+    for _ in range(400):
+        for release, percent in world.status()["weights"].items():
+            n = round(2000 * 0.25 * percent / 100)
+            bad = release == world.v2 and percent >= 50
+            failures = sum(rng.random() < (0.2 if bad else 0.005) for _ in range(n))
+            latencies = tuple(rng.lognormvariate(4.1, 0.5) for _ in range(min(n, 40)))
+            world.metrics.add("web", release, n, failures, latencies)
+        await world.settle(1, step=0.25)
+        verdicts.append(str(world.status()["analysis"]["verdict"]))
+        if world.engine.history("web")[0]["phase"] != "progressing":
+            break
+    history = world.engine.history("web")[0]
+    assert "pass" in verdicts  # the 20 % stage passed
+    assert history["phase"] == "rolled_back", history["reason"]
+    assert "sequential judge" in history["reason"]

@@ -158,3 +158,22 @@ def test_the_false_rollback_rate_of_a_test_is_at_most_one_minus_confidence() -> 
     assert strict <= 0.02 + 3 * math.sqrt(0.02 * 0.98 / runs)
     loose = first_test_fails(runs, MannWhitneySettings(confidence=0.8, **bare))
     assert 0.1 <= loose <= 0.4 + 3 * math.sqrt(0.4 * 0.6 / runs), loose
+
+
+def test_a_pass_holds_for_its_weight_and_the_tests_go_on_after_it() -> None:
+    """After three clean tests at one weight the analysis passes; the tests go on, so a
+    regression that shows later still fails it, and a new weight starts its count again."""
+    analysis, rng, totals = MannWhitneyJudge().begin(), random.Random(9), [0] * 4
+
+    def minute(start: float, weight: float, **canary: float) -> Verdict:
+        for k in (1, 2):
+            o = observe(rng, start + 30.0 * k, totals, **canary)  # type: ignore[arg-type]
+            verdict = analysis.update(
+                Observation(o.elapsed, o.canary, o.baseline, canary_weight=weight)
+            )
+        return verdict
+
+    outcomes = [minute(60.0 * i, 0.1).outcome for i in range(3)]
+    assert outcomes == ["continue", "continue", "pass"]
+    assert minute(180.0, 0.5).outcome == "continue"  # a new weight: clean tests again
+    assert minute(240.0, 0.5, canary_slowdown=3.0).outcome == "fail"

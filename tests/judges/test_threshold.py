@@ -154,3 +154,25 @@ def test_the_false_rollback_rate_is_the_binomial_tail_of_the_limit() -> None:
         failed += verdict.outcome == "fail"
     rate = failed / runs
     assert abs(rate - tail) <= 4 * sqrt(tail * (1 - tail) / runs), (rate, tail)
+
+
+def test_a_pass_holds_for_its_weight_and_intervals_are_checked_after_it() -> None:
+    """Passed at 10 %: a failing interval later still fails the analysis; and a new weight
+    must pass its own intervals (told by `canary_weight`)."""
+    settings = ThresholdSettings(pass_intervals=2, max_p99_ratio=None)
+    analysis, flow = ThresholdJudge(settings).begin(), Traffic(seed=3)
+
+    def interval(weight: float, **traffic: float) -> Verdict:
+        for _ in range(4):
+            o = flow.advance(15, samples=0, **traffic)  # type: ignore[arg-type]
+            verdict = analysis.update(
+                Observation(o.elapsed, o.canary, o.baseline, canary_weight=weight)
+            )
+        return verdict
+
+    assert [interval(0.1).outcome for _ in range(2)] == ["continue", "pass"]
+    assert interval(0.1).outcome == "pass"  # holds at the same weight
+    assert interval(0.5, canary_rps=50, baseline_rps=50).outcome == "continue"  # new weight
+    assert interval(0.5, canary_rps=50, baseline_rps=50).outcome == "pass"
+    failed = interval(0.5, canary_rps=50, baseline_rps=50, canary_error=0.2)
+    assert failed.outcome == "fail"

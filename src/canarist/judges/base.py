@@ -79,7 +79,10 @@ class Verdict:
 class Analysis(Protocol):
     """The analysis of one rollout: fed observations in time order, it answers each one.
 
-    Once it has answered pass or fail it keeps giving that verdict.
+    Once it has answered fail it keeps giving that verdict. A pass holds for the stage it
+    was reached in: until the canary's weight changes (`Observation.canary_weight`), when
+    it must be earned again at the new weight. The canary is watched for a fail all
+    along, before a pass and after it.
     """
 
     def update(self, observation: Observation) -> Verdict:
@@ -95,6 +98,21 @@ class Judge(Protocol):
     def begin(self) -> Analysis:
         """A fresh analysis, with no observation seen yet."""
         ...
+
+
+class Stages:
+    """Tells when the canary's weight moves: a new stage, whose pass is earned afresh."""
+
+    def __init__(self) -> None:
+        self.weight: float | None = None  # the canary's weight, as last told
+
+    def moved(self, weight: float | None) -> bool:
+        """Take in an observation's weight (None: not told); whether it moved."""
+        if weight is None:
+            return False
+        moved = self.weight is not None and weight != self.weight
+        self.weight = weight
+        return moved
 
 
 class JudgeSettings(BaseModel):

@@ -13,7 +13,8 @@ Every `interval` (60 s by default) it tests everything seen so far (the most rec
   stays honest with a handful of failures), which fails when p < 1 - confidence and the
   canary's rate exceeds the baseline's by at least `error_margin`.
 
-It passes after `pass_intervals` evaluations with enough data and no failure. Like
+It passes after `pass_intervals` evaluations with enough data and no failure at the
+canary's weight (each new weight passes again; the tests go on after a pass). Like
 Kayenta, it does not correct for testing again at every interval, so its false-rollback
 rate grows with the number of evaluations; the sequential judge is built for that.
 """
@@ -37,6 +38,7 @@ from canarist.judges.base import (
     JudgeSettings,
     Observation,
     Seconds,
+    Stages,
     Verdict,
     count_figures,
     latency_figures,
@@ -95,12 +97,17 @@ class MannWhitneyAnalysis:
             f"first test after {settings.interval:g}s",
             {"judge": "mann-whitney", "evaluations": 0},
         )
-        self._final: Verdict | None = None
+        self._final: Verdict | None = None  # a fail
+        self._stages = Stages()
 
     def update(self, observation: Observation) -> Verdict:
         """Take in one observation; at an interval's end, run the tests."""
         if self._final is not None:
             return self._final
+        if self._stages.moved(observation.canary_weight):
+            self._clean = 0  # a new weight: it must come through clean tests again
+            if self._last.outcome == PASS:
+                self._last = Verdict(CONTINUE, "the canary's weight changed", self._last.figures)
         self._canary.advance(observation.canary)
         self._baseline.advance(observation.baseline)
         self._canary_latencies.extend(observation.canary.latencies_ms)
@@ -109,10 +116,13 @@ class MannWhitneyAnalysis:
             return self._last
         interval = self.settings.interval
         self._ends_at = (math.floor(observation.elapsed / interval) + 1) * interval
-        self._last = self._evaluate()
-        if self._last.outcome in (PASS, FAIL):
-            self._final = self._last
-        return self._last
+        verdict = self._evaluate()
+        if verdict.outcome == FAIL:
+            self._final = verdict
+        elif self._last.outcome == PASS and verdict.outcome != PASS:
+            verdict = Verdict(PASS, self._last.reason, verdict.figures)  # holds for the stage
+        self._last = verdict
+        return verdict
 
     def _evaluate(self) -> Verdict:
         s = self.settings

@@ -45,7 +45,9 @@ Error rate: label-versus-outcome e-values against the baseline, plus an absolute
     Haenszel 1959), so it is a supermartingale while psi >= psi1: a canary that much
     worse passes with probability at most beta. It is averaged with an absolute
     ratio ("canary error rate below psi1 * min_error_rate") so that releases that never
-    fail can pass too.
+    fail can pass too. A pass holds for the stage it was reached in: when the canary's
+    weight changes, the pass evidence (and `min_requests`) start again on the new
+    stage's traffic, while the rollback tests go on throughout, before a pass and after.
 
 Latency: a sequential rank test on contemporaneous pairs
     Each canary latency sample is compared with up to `baseline_per_canary` fresh
@@ -149,6 +151,7 @@ from canarist.judges.base import (
     LatencyHistogram,
     Observation,
     Seconds,
+    Stages,
     Verdict,
     histogram_figures,
     percent,
@@ -436,6 +439,7 @@ class _ErrorTest:
             degraded = min(settings.error_degradation * floor, 0.5)
             self._floor_pass = _RateMixture((degraded / 2, degraded / 8), degraded)
         self._floor_pass_at = (-1, -1)
+        self._pass_from = (0, 0)  # the canary's totals when the pass evidence began
         self._floor_pass_value = 1.0
         self.fail = _Restarted(len(ERROR_GRID), alpha * (1 - SOLO_SHARE), gate=self._floor_since)
         self._steady_from = -math.inf  # intervals ending before this are left out
@@ -601,12 +605,18 @@ class _ErrorTest:
             return math.inf if failures else 1.0  # no floor: one failure clears it
         return self._floor_fail.value(requests, failures)
 
+    def restart_pass(self) -> None:
+        """Gather the evidence to pass afresh, from the canary's requests from now on."""
+        self.pass_log = 0.0
+        self._pass_from = (self.canary_requests, self.canary_failures)
+
     def pass_evidence(self) -> float:
         """Evidence that the canary is not degraded (an e-value against the degradation)."""
         relative = _exp(self.pass_log)
         if self._floor_pass is None:
             return relative
-        totals = (self.canary_requests, self.canary_failures)
+        start_requests, start_failures = self._pass_from
+        totals = (self.canary_requests - start_requests, self.canary_failures - start_failures)
         if totals != self._floor_pass_at:  # most polls at low traffic bring no canary request
             self._floor_pass_at = totals
             self._floor_pass_value = self._floor_pass.value(*totals)
@@ -680,6 +690,10 @@ class _LatencyTest:
         self._baseline: deque[tuple[float, float]] = deque()
         self.pairs = 0
         self.slower = 0.0  # sum of R/k: the share of comparisons the canary lost
+
+    def restart_pass(self) -> None:
+        """Gather the evidence to pass afresh."""
+        self.pass_ = _Mixture(len(LATENCY_PASS_GRID))
 
     def update(self, now: float, canary: Sequence[float], baseline: Sequence[float]) -> None:
         """Queue fresh samples, drop stale ones, and compare as many as can be paired."""
@@ -762,8 +776,10 @@ class SequentialAnalysis:
         self._baseline_latency = LatencyHistogram()
         self._quantiles: dict[str, Figure] = {}
         self._quantiles_count = 0  # latency samples when the quantiles were computed
-        self._weight: float | None = None  # the canary's share by the router's weights
-        self._final: Verdict | None = None
+        self._stages = Stages()  # the canary's share by the router's weights
+        self._final: Verdict | None = None  # a fail
+        self._passed: str | None = None  # why the current stage passed, once it has
+        self._stage_from = 0  # canary requests before the current stage
 
     def update(self, observation: Observation) -> Verdict:
         """Take in one observation; roll back, pass, or say how far the evidence has come."""
@@ -773,15 +789,20 @@ class SequentialAnalysis:
         n_c, x_c = self._canary.advance(observation.canary)
         n_b, x_b = self._baseline.advance(observation.baseline)
         weight = observation.canary_weight
+        if self._stages.moved(weight):
+            self._errors.share_changed(now)
+            # A new stage: its pass is earned afresh, on its own requests.
+            self._errors.restart_pass()
+            if self._latency is not None:
+                self._latency.restart_pass()
+            self._passed = None
+            self._stage_from = self._canary.requests - n_c
         if weight is not None:
-            if self._weight is not None and weight != self._weight:
-                self._errors.share_changed(now)
             if weight >= 1.0 or weight <= 0.0:
                 kind = "alone" if weight >= 1.0 else "on request"
                 self._errors.on_its_own(now, observation.baseline_recent, kind)
             elif self._errors.solo is not None:
                 self._errors.solo.open = False
-            self._weight = weight
         self._errors.update(now, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
         baseline_latencies = observation.baseline.latencies_ms
@@ -791,8 +812,10 @@ class SequentialAnalysis:
             if self._latency is not None:
                 self._latency.update(now, canary_latencies, baseline_latencies)
         verdict = self._verdict(now)
-        if verdict.outcome in (PASS, FAIL):
+        if verdict.outcome == FAIL:
             self._final = verdict
+        elif verdict.outcome == PASS:
+            self._passed = verdict.reason
         return verdict
 
     def _verdict(self, elapsed: float) -> Verdict:
@@ -830,9 +853,12 @@ class SequentialAnalysis:
                 f"false-rollback rate {s.alpha:g})"
             )
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
-        if self._canary.requests < s.min_requests:
+        if self._passed is not None:  # this stage passed: it holds, watched for a fail
+            return Verdict(PASS, self._passed, self._figures(elapsed, evidence))
+        stage_requests = self._canary.requests - self._stage_from
+        if stage_requests < s.min_requests:
             reason = (
-                f"not enough data: {self._canary.requests} of {s.min_requests} canary "
+                f"not enough data: {stage_requests} of {s.min_requests} canary "
                 f"requests needed before a pass"
             )
             return Verdict(NO_DATA, reason, self._figures(elapsed, evidence))

@@ -4,9 +4,10 @@ At the end of every interval (60 s by default) the canary's requests of that int
 are checked: error rate at most `max_error_rate`, and optionally at most the baseline's
 rate in the same interval plus `error_margin`; p99 latency at most `max_p99_ms` and/or
 at most the baseline's p99 times `max_p99_ratio`. `failure_limit` failed intervals in a
-row fail the analysis; `pass_intervals` passed intervals pass it. An interval with fewer
-than `min_requests` canary requests proves nothing either way: it is reported as
-no_data and counts neither way.
+row fail the analysis; `pass_intervals` passed intervals pass it, for the canary's
+weight at the time (each new weight passes again; intervals are checked after a pass
+too). An interval with fewer than `min_requests` canary requests proves nothing either
+way: it is reported as no_data and counts neither way.
 
 It is easy to reason about, but it decides only at interval ends and has no stated
 false-rollback rate: noise alone fails an interval now and then, more often at low
@@ -30,6 +31,7 @@ from canarist.judges.base import (
     Observation,
     Outcome,
     Seconds,
+    Stages,
     Verdict,
     count_figures,
     latency_figures,
@@ -93,12 +95,17 @@ class ThresholdAnalysis:
             f"first interval ends after {settings.interval:g}s",
             {"judge": "threshold", "intervals": 0},
         )
-        self._final: Verdict | None = None
+        self._final: Verdict | None = None  # a fail
+        self._stages = Stages()
 
     def update(self, observation: Observation) -> Verdict:
         """Take in one observation; at an interval's end, check it."""
         if self._final is not None:
             return self._final
+        if self._stages.moved(observation.canary_weight):
+            self._passed = 0  # a new weight: its intervals must pass again
+            if self._last.outcome == PASS:
+                self._last = Verdict(CONTINUE, "the canary's weight changed", self._last.figures)
         self._canary.advance(observation.canary)
         self._baseline.advance(observation.baseline)
         self._canary_latencies.extend(observation.canary.latencies_ms)
@@ -109,9 +116,11 @@ class ThresholdAnalysis:
         # Several boundaries may have passed since the last observation: they were one.
         interval = self.settings.interval
         self._ends_at = (math.floor(observation.elapsed / interval) + 1) * interval
-        self._last = verdict
-        if verdict.outcome in (PASS, FAIL):
+        if verdict.outcome == FAIL:
             self._final = verdict
+        elif self._last.outcome == PASS and verdict.outcome != PASS:
+            verdict = Verdict(PASS, self._last.reason, verdict.figures)  # holds for the stage
+        self._last = verdict
         return verdict
 
     def _close_interval(self) -> Verdict:
