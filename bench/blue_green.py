@@ -14,9 +14,11 @@ is what it served in the whole warm period), and the median time to the decision
 every policy's false-rollback rate over the A/A runs.
 
 The policies
-    canarist sequential (default): fed every tick, told that the router gives the new
-        release all the traffic (canary_weight 1) and the old release's requests and
-        failures over its last ten minutes (what the HAProxy provider's history gives).
+    canarist sequential (default): fed every tick from the rollout's start, as the
+        controller does: a second with the new release starting, no weight (the old one
+        serving), then all the traffic on it (canary_weight 1); told the old release's
+        requests and failures over its last ten minutes (what the HAProxy provider's
+        history gives).
     CodeDeploy blue/green, with the CloudWatch alarm of bench/blast_radius.py: 60 s
         periods, one datapoint, error rate > 1 %; evaluated at each minute's end, the
         deployment (and its original environment) kept through the warm period.
@@ -62,6 +64,7 @@ ERRORS = (0.02, 0.05, 0.20, 1.0)
 WARM = 600.0  # the warm period after the switch
 HISTORY = 600.0  # the old release's traffic the reference is taken from
 TICKS = round(WARM / TICK)
+STARTING_TICKS = 4  # the new release's instances start and turn healthy: about a second
 POLICIES = (
     "canarist sequential (default)",
     "CodeDeploy blue/green, 60 s alarm",
@@ -101,13 +104,17 @@ def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
     rng = random.Random(seed)
     reference_requests = poisson(rng, scenario.rps * HISTORY)
     reference = (reference_requests, binomial(rng, reference_requests, BASELINE_ERROR))
+    starting = []  # the old release's traffic while the new one starts (no weight yet)
+    for _ in range(STARTING_TICKS):
+        n = poisson(rng, scenario.rps * TICK)
+        starting.append((n, binomial(rng, n, BASELINE_ERROR)))
     requests, failures = [0], [0]  # cumulative, per tick
     for _ in range(TICKS):
         n = poisson(rng, scenario.rps * TICK)
         requests.append(requests[-1] + n)
         failures.append(failures[-1] + binomial(rng, n, scenario.error))
     return {
-        POLICIES[0]: _canarist(reference, requests, failures),
+        POLICIES[0]: _canarist(reference, starting, requests, failures),
         POLICIES[1]: _interval(requests, failures, 60.0, lambda n, x: n > 0 and x / n > 0.01, 1),
         POLICIES[2]: _interval(
             requests, failures, 300.0, lambda n, x: n == 0 or (n - x) / n < 0.95, 4
@@ -118,15 +125,27 @@ def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
 
 
 def _canarist(
-    reference: tuple[int, int], requests: Sequence[int], failures: Sequence[int]
+    reference: tuple[int, int],
+    starting: Sequence[tuple[int, int]],
+    requests: Sequence[int],
+    failures: Sequence[int],
 ) -> Decision:
+    """As the controller feeds it: from the rollout's start, the new release starting with
+    no weight beside the old one, then all the traffic on it."""
     analysis = make_judge("sequential").begin()
+    old = [0, 0]
+    for tick, (n, x) in enumerate(starting, start=1):
+        old = [old[0] + n, old[1] + x]
+        analysis.update(
+            Observation(tick * TICK, Sample(), Sample(*old), 0.0, baseline_recent=reference)
+        )
+    start = len(starting) * TICK
     for tick in range(1, TICKS + 1):
         verdict = analysis.update(
             Observation(
-                tick * TICK,
+                start + tick * TICK,
                 Sample(requests[tick], failures[tick]),
-                Sample(),
+                Sample(*old),
                 canary_weight=1.0,
                 baseline_recent=reference,
             )

@@ -474,19 +474,19 @@ class _ErrorTest:
         over this analysis, or over the router's `recent` history if that saw more."""
         if self.solo is not None and self.solo.open and self.solo.kind == kind:
             return
-        self.solo = _Solo(kind, now)
-        requests, failures = self.baseline_requests, self.baseline_failures
-        if recent is not None and recent[0] > requests:
-            requests, failures = recent[0], min(recent[1], recent[0])
-        self._bound_reference(requests, failures)
+        self.solo = _Solo(kind, now, recent)
 
-    def _bound_reference(self, requests: int, failures: int) -> None:
-        """Fix the open stretch's reference from that many baseline requests and failures,
-        for the canary's outcomes from now on. Bound k may be too low with probability
-        6 / (pi^2 k^2) of the solo alpha: all of a rollout's bounds together stay within
-        it."""
-        solo = self.solo
-        if solo is None or not requests:
+    def _bound_reference(self, solo: _Solo) -> None:
+        """Fix the stretch's reference, before the canary outcomes it will judge, from the
+        baseline's counts over this analysis or the router's history, whichever saw more;
+        again each time they have doubled (a baseline runs beside a canary on request).
+        Bound k may be too low with probability 6 / (pi^2 k^2) of the solo alpha: all of
+        a rollout's bounds together stay within it."""
+        requests, failures = self.baseline_requests, self.baseline_failures
+        if solo.recent is not None and solo.recent[0] > requests:
+            requests, failures = solo.recent[0], min(solo.recent[1], solo.recent[0])
+        again = solo.per_request is not None
+        if not requests or (again and requests < max(2 * solo.reference_requests, 100)):
             return
         self._bounds += 1
         alpha = self._solo_alpha * 6 / (math.pi**2 * self._bounds**2)
@@ -508,10 +508,8 @@ class _ErrorTest:
         self.baseline_failures += x_b
         solo = self.solo
         if solo is not None and solo.open:
-            # The baseline running beside a canary on request makes a tighter reference
-            # as it goes: bound again each time it has doubled (and from 100 requests).
-            if self.baseline_requests >= max(2 * solo.reference_requests, 100):
-                self._bound_reference(self.baseline_requests, self.baseline_failures)
+            if n_c:  # bound only when there is something to judge: bounds spend alpha
+                self._bound_reference(solo)
             # The canary's own outcomes, whatever the split was in this interval.
             solo.requests += n_c
             solo.failures += x_c
@@ -637,9 +635,10 @@ class _Solo:
     the per-failure and per-success log likelihood ratios of each rollback component's
     rate against it."""
 
-    def __init__(self, kind: str, started: float) -> None:
+    def __init__(self, kind: str, started: float, recent: tuple[int, int] | None) -> None:
         self.kind = kind
         self.started = started
+        self.recent = recent  # the baseline's counts in the router's history, if told
         self.reference: float | None = None
         self.reference_requests = 0
         self.per_request: list[tuple[float, float]] | None = None
