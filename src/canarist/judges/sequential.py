@@ -74,7 +74,7 @@ When the split is not random: the canary alone, or only on request
     (`Observation.baseline_recent`) when that saw more: Chernoff's bound, fixed before
     the outcomes it judges, and bound again each time the baseline's requests have
     doubled (a baseline runs beside a canary on request); the k-th bound of a rollout is
-    too low with probability at most 6 / (pi^2 k^2) of SOLO_SHARE of the error test's
+    too low with probability at most 6 / (pi^2 k^2) of REFERENCE_SHARE of the error test's
     alpha. While they hold and the canary fails no more often than the baseline, those
     factors have expectation at most 1 given the past, so the mixture stays a
     supermartingale and keeps its bar. Unlike the relative test, this cannot tell a
@@ -93,7 +93,7 @@ Restarts, so that a late regression is caught as fast as an early one
 
 Guarantees and defaults
     alpha = 0.01 is the false-rollback rate of the whole judge, under continuous
-    monitoring: a = alpha * (1 - latency_share) for errors (of which SOLO_SHARE for the
+    monitoring: a = alpha * (1 - latency_share) for errors (of which REFERENCE_SHARE for the
     reference of a canary judged on its own) and alpha * latency_share for latency
     (union bound). beta = 0.1: a canary whose failure odds are twice the baseline's
     (error_degradation = 2), or whose latencies are 25 % higher (latency_degradation =
@@ -172,10 +172,9 @@ SHARE_WINDOW = 30.0
 # change are left out of the error test: they may hold traffic split both ways (the
 # router applies a weight between two metric polls, which lag by up to a quarter second).
 SHARE_SETTLE = 0.5
-# Part of the error test's alpha kept for the bound on the baseline's rate that a canary
-# with no baseline beside it (all the traffic on it: blue-green's warm period) is judged
-# against.
-SOLO_SHARE = 0.1
+# Part of the error test's alpha kept for the bounds on the baseline's rate that a canary
+# judged on its own (all the traffic on it, or none but what asks for it) is held to.
+REFERENCE_SHARE = 0.1
 # Rollback mixtures start afresh this often; the first run keeps most of alpha.
 RESTART_EVERY = 60.0
 FIRST_RUN_SHARE = 0.8
@@ -441,13 +440,15 @@ class _ErrorTest:
         self._floor_pass_at = (-1, -1)
         self._pass_from = (0, 0)  # the canary's totals when the pass evidence began
         self._floor_pass_value = 1.0
-        self.fail = _Restarted(len(ERROR_GRID), alpha * (1 - SOLO_SHARE), gate=self._floor_since)
+        self.fail = _Restarted(
+            len(ERROR_GRID), alpha * (1 - REFERENCE_SHARE), gate=self._floor_since
+        )
         self._steady_from = -math.inf  # intervals ending before this are left out
-        self._solo_alpha = alpha * SOLO_SHARE
+        self._reference_alpha = alpha * REFERENCE_SHARE
         self._min_error_rate = settings.min_error_rate
         self.baseline_requests = 0
         self.baseline_failures = 0
-        self.solo: _Solo | None = None  # the canary alone: the current or last such stretch
+        self.stretch: _OnItsOwn | None = None  # judged on its own: the current or last
         self._bounds = 0  # references bound so far
 
     def share_changed(self, now: float) -> None:
@@ -472,29 +473,29 @@ class _ErrorTest:
         canary; "on request", none but what asks for it): judge the canary's own outcomes
         against the baseline's rate in a stretch of its own. The rate is the baseline's
         over this analysis, or over the router's `recent` history if that saw more."""
-        if self.solo is not None and self.solo.open and self.solo.kind == kind:
+        if self.stretch is not None and self.stretch.open and self.stretch.kind == kind:
             return
-        self.solo = _Solo(kind, now, recent)
+        self.stretch = _OnItsOwn(kind, now, recent)
 
-    def _bound_reference(self, solo: _Solo) -> None:
+    def _bound_reference(self, stretch: _OnItsOwn) -> None:
         """Fix the stretch's reference, before the canary outcomes it will judge, from the
         baseline's counts over this analysis or the router's history, whichever saw more;
         again each time they have doubled (a baseline runs beside a canary on request).
-        Bound k may be too low with probability 6 / (pi^2 k^2) of the solo alpha: all of
+        Bound k may be too low with probability 6 / (pi^2 k^2) of the reference alpha: all of
         a rollout's bounds together stay within it."""
         requests, failures = self.baseline_requests, self.baseline_failures
-        if solo.recent is not None and solo.recent[0] > requests:
-            requests, failures = solo.recent[0], min(solo.recent[1], solo.recent[0])
-        again = solo.per_request is not None
-        if not requests or (again and requests < max(2 * solo.reference_requests, 100)):
+        if stretch.recent is not None and stretch.recent[0] > requests:
+            requests, failures = stretch.recent[0], min(stretch.recent[1], stretch.recent[0])
+        again = stretch.per_request is not None
+        if not requests or (again and requests < max(2 * stretch.reference_requests, 100)):
             return
         self._bounds += 1
-        alpha = self._solo_alpha * 6 / (math.pi**2 * self._bounds**2)
+        alpha = self._reference_alpha * 6 / (math.pi**2 * self._bounds**2)
         reference = max(_upper_rate(failures, requests, alpha), self._min_error_rate)
         odds = reference / (1 - reference)
         rates = [odds * psi / (1 + odds * psi) for psi in ERROR_GRID]
-        solo.reference, solo.reference_requests = reference, requests
-        solo.per_request = [
+        stretch.reference, stretch.reference_requests = reference, requests
+        stretch.per_request = [
             (math.log(r / reference), math.log((1 - r) / (1 - reference))) for r in rates
         ]
 
@@ -506,17 +507,17 @@ class _ErrorTest:
         self.canary_failures += x_c
         self.baseline_requests += n_b
         self.baseline_failures += x_b
-        solo = self.solo
-        if solo is not None and solo.open:
+        stretch = self.stretch
+        if stretch is not None and stretch.open:
             if n_c:  # bound only when there is something to judge: bounds spend alpha
-                self._bound_reference(solo)
+                self._bound_reference(stretch)
             # The canary's own outcomes, whatever the split was in this interval.
-            solo.requests += n_c
-            solo.failures += x_c
-            if solo.per_request is not None and n_c:
+            stretch.requests += n_c
+            stretch.failures += x_c
+            if stretch.per_request is not None and n_c:
                 successes = n_c - x_c
-                self.fail.add([x_c * f + successes * s for f, s in solo.per_request])
-                solo.decided = self.fail.alarmed
+                self.fail.add([x_c * f + successes * s for f, s in stretch.per_request])
+                stretch.decided = self.fail.alarmed
             return
         if now <= self._steady_from:
             return  # the split moved during this interval: it is no evidence either way
@@ -628,7 +629,7 @@ def _floor_grid(floor: float) -> tuple[float, ...]:
     return tuple(sorted(r for r in candidates if floor < r < 1))
 
 
-class _Solo:
+class _OnItsOwn:
     """A stretch with the canary judged on its own ("alone" or "on request"): the
     reference rate it is judged against (an upper bound of the baseline's rate, None
     until a baseline request is seen), the baseline requests that bound came from, and
@@ -800,8 +801,8 @@ class SequentialAnalysis:
             if weight >= 1.0 or weight <= 0.0:
                 kind = "alone" if weight >= 1.0 else "on request"
                 self._errors.on_its_own(now, observation.baseline_recent, kind)
-            elif self._errors.solo is not None:
-                self._errors.solo.open = False
+            elif self._errors.stretch is not None:
+                self._errors.stretch.open = False
         self._errors.update(now, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
         baseline_latencies = observation.baseline.latencies_ms
@@ -824,18 +825,18 @@ class SequentialAnalysis:
             (latency.fail.evidence, latency.pass_.value) if latency is not None else (0.0, math.inf)
         )
         evidence = (error, error_pass, slower, faster)
-        solo = errors.solo
-        if errors.fail.alarmed and solo is not None and solo.decided:
-            assert solo.reference is not None  # decided only with a reference
+        stretch = errors.stretch
+        if errors.fail.alarmed and stretch is not None and stretch.decided:
+            assert stretch.reference is not None  # decided only with a reference
             which = (
                 "did before it took all traffic"
-                if solo.kind == "alone"
+                if stretch.kind == "alone"
                 else "on the requests that asked for it (it has no weight)"
             )
             reason = (
-                f"canary fails more than baseline {which}: {solo.failures} of "
-                f"{solo.requests} canary requests failed, baseline at most "
-                f"{percent(solo.reference)} (evidence {error:.0f} >= {errors.fail.bar:.0f}; "
+                f"canary fails more than baseline {which}: {stretch.failures} of "
+                f"{stretch.requests} canary requests failed, baseline at most "
+                f"{percent(stretch.reference)} (evidence {error:.0f} >= {errors.fail.bar:.0f}; "
                 f"false-rollback rate {s.alpha:g})"
             )
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
@@ -876,12 +877,12 @@ class SequentialAnalysis:
             f"{errors.fail.bar:.0f} (errors), {slower:.3g} of {self._latency_bar:.0f} "
             f"(latency); to pass {min(error_pass, faster):.3g} of {self._pass_bar:.0f}"
         )
-        if solo is not None and solo.open:
+        if stretch is not None and stretch.open:
             reason += (
-                f"; canary {solo.kind}, against the baseline's rate: at most "
-                f"{percent(solo.reference)}"
-                if solo.reference is not None
-                else f"; canary {solo.kind} with no baseline rate to compare with"
+                f"; canary {stretch.kind}, against the baseline's rate: at most "
+                f"{percent(stretch.reference)}"
+                if stretch.reference is not None
+                else f"; canary {stretch.kind} with no baseline rate to compare with"
             )
         return Verdict(CONTINUE, reason, self._figures(elapsed, evidence))
 
@@ -918,13 +919,13 @@ class SequentialAnalysis:
             "error_pass_evidence": evidence[1],
             "evidence_to_pass": self._pass_bar,
         }
-        solo = errors.solo
-        if solo is not None and solo.reference is not None:
-            figures["judged_on_its_own"] = solo.kind
-            figures["on_its_own_requests"] = solo.requests
-            figures["on_its_own_failures"] = solo.failures
-            figures["reference_rate_bound"] = solo.reference
-            figures["reference_requests"] = solo.reference_requests
+        stretch = errors.stretch
+        if stretch is not None and stretch.reference is not None:
+            figures["judged_on_its_own"] = stretch.kind
+            figures["on_its_own_requests"] = stretch.requests
+            figures["on_its_own_failures"] = stretch.failures
+            figures["reference_rate_bound"] = stretch.reference
+            figures["reference_requests"] = stretch.reference_requests
         if latency is not None:
             figures["latency_evidence"] = evidence[2]
             figures["latency_evidence_to_fail"] = latency.fail.bar
