@@ -339,6 +339,22 @@ def test_requests_that_ask_for_a_canary_with_no_weight_are_judged_on_their_own()
     assert verdict.figures["judged_on_its_own"] == "on request"
 
 
+def test_the_latencies_of_requests_on_request_are_not_compared() -> None:
+    """Testers may well ask for slow pages: with no weight, a canary whose requests are
+    three times slower than the baseline's is not rolled back for latency."""
+    rng = random.Random(3)
+    analysis = SequentialJudge().begin()
+    verdict, counts = Verdict("continue", ""), [0, 0]
+    for tick in range(1, 241):
+        counts = [counts[0] + 1, counts[1] + 25]
+        slow = tuple(180 * rng.lognormvariate(0, 0.5) for _ in range(1))
+        usual = tuple(60 * rng.lognormvariate(0, 0.5) for _ in range(4))
+        verdict = analysis.update(
+            Observation(tick * 0.25, Sample(counts[0], 0, slow), Sample(counts[1], 0, usual), 0.0)
+        )
+        assert verdict.outcome != "fail", verdict.reason
+
+
 def test_healthy_requests_on_request_roll_nothing_back() -> None:
     """The same 0.5 % on the testers' requests: no rollback over 200 two-minute runs."""
     assert sum(on_request(seed, 0.005).outcome == "fail" for seed in range(200)) <= 2

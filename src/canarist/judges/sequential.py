@@ -809,7 +809,11 @@ class SequentialAnalysis:
         if canary_latencies or baseline_latencies:
             self._canary_latency.extend(canary_latencies)
             self._baseline_latency.extend(baseline_latencies)
-            if self._latency is not None:
+            stretch = self._errors.stretch
+            on_request = stretch is not None and stretch.open and stretch.kind == "on request"
+            # Testers' requests are not a sample of the traffic: their latencies say
+            # nothing of the release's against the baseline's.
+            if self._latency is not None and not on_request:
                 self._latency.update(now, canary_latencies, baseline_latencies)
         verdict = self._verdict(now)
         if verdict.outcome == FAIL:
