@@ -80,7 +80,8 @@ When the split is not random: the canary alone, or only on request
     supermartingale and keeps its bar. Unlike the relative test, this cannot tell a
     failure that hits every release from the canary's own (for the canary alone, the
     price of having no baseline running, as in Argo Rollouts' post-promotion analysis),
-    and on request it judges the requests that testers chose. The analysis should start
+    and on request it judges the requests that testers chose (whose latencies are not
+    compared then: testers may well ask for slow pages). The analysis should start
     before the canary takes traffic, so that the baseline's rate is known by then (the
     controller starts it with the rollout).
 
