@@ -169,6 +169,7 @@ class FakeMetrics:
         # (service, release) -> every (requests, failures) added, for `recent`.
         self.added: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self.recent_adds = 0  # how many of the latest adds `recent` covers; 0: all of them
+        self.latency_log: dict[tuple[str, str], list[float]] = {}  # every latency added
 
     def add(
         self,
@@ -182,6 +183,7 @@ class FakeMetrics:
         n, f = self.counts.setdefault(service, {}).get(release, (0, 0))
         self.counts[service][release] = (n + requests, f + failures)
         self.added.setdefault((service, release), []).append((requests, failures))
+        self.latency_log.setdefault((service, release), []).extend(latencies_ms)
         self.latencies.setdefault(service, {}).setdefault(release, []).extend(latencies_ms)
 
     async def start(self) -> None:
@@ -208,6 +210,10 @@ class FakeMetrics:
             return None
         counted = added[-self.recent_adds :] if self.recent_adds else added
         return sum(n for n, _ in counted), sum(f for _, f in counted)
+
+    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
+        """Every latency added for the release (the last 2,048), oldest first."""
+        return tuple(self.latency_log.get((service, release), [])[-2048:])
 
     async def reset(self, service: str) -> None:
         """A new window."""

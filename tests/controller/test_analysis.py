@@ -345,3 +345,45 @@ async def test_a_canary_that_passed_one_stage_is_still_rolled_back_at_the_next(
     assert "pass" in verdicts  # the 20 % stage passed
     assert history["phase"] == "rolled_back", history["reason"]
     assert "sequential judge" in history["reason"]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
+    tmp_path: Path, restart: bool
+) -> None:
+    """Twice as slow after the switch as the old release was before it, same errors:
+    judged against the old release's latest latencies from the metrics provider, and
+    rolled back within the warm period; also when the controller restarts right after
+    the switch, its metrics history lost (those latencies are stored with the
+    evidence)."""
+    world = World(tmp_path, BLUE_GREEN)
+    rng = random.Random(12)
+    await world.engine.deploy("web", world.v1)
+    await world.settle()
+    for _ in range(40):  # the old release serving alone for ten seconds before
+        latencies = tuple(rng.lognormvariate(4.1, 0.5) for _ in range(10))
+        failures = sum(rng.random() < 0.005 for _ in range(100))
+        world.metrics.add("web", world.v1, 100, failures, latencies)
+        await world.settle(1, step=0.25)
+    await world.engine.deploy("web", world.v2)
+    for _ in range(400):
+        weights = world.status()["weights"]
+        for release, percent in weights.items():
+            n = round(400 * 0.25 * percent / 100)
+            slow = 2.0 if release == world.v2 else 1.0
+            latencies = tuple(slow * rng.lognormvariate(4.1, 0.5) for _ in range(min(n, 10)))
+            world.metrics.add(
+                "web", release, n, sum(rng.random() < 0.005 for _ in range(n)), latencies
+            )
+        await world.settle(1, step=0.25)
+        figures = world.status()["analysis"]["figures"]
+        if restart and figures.get("judged_on_its_own") == "alone":  # right after the switch
+            restart = False
+            world.engine = world.new_engine()
+            world.metrics.latency_log.clear()  # the new provider remembers nothing
+        if world.engine.history("web")[0]["phase"] != "progressing":
+            break
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back", history["reason"]
+    assert "slower than baseline before it took all traffic" in history["reason"]
+    assert world.weights() == {world.v1: 100}

@@ -291,6 +291,45 @@ def test_the_routers_recent_history_is_a_better_reference() -> None:
     assert int(recent.figures["reference_requests"]) == 60_000
 
 
+def alone_with_latencies(seed: int, slowdown: float, seconds: float = 120.0) -> Verdict:
+    """All traffic on the canary (100 req/s, 0.5 % errors like before), its latencies
+    `slowdown` times the baseline's 2,048 latest from before the switch."""
+    rng = random.Random(seed)
+    before = tuple(60 * rng.lognormvariate(0, 0.5) for _ in range(2048))
+    analysis = SequentialJudge().begin()
+    verdict, requests, failures, elapsed = Verdict("continue", ""), 0, 0, 0.0
+    while elapsed < seconds and verdict.outcome != "fail":
+        elapsed += 0.25
+        requests += 25
+        failures += binomial(rng, 25, 0.005)
+        fresh = tuple(60 * slowdown * rng.lognormvariate(0, 0.5) for _ in range(5))
+        verdict = analysis.update(
+            Observation(
+                elapsed,
+                Sample(requests, failures, fresh),
+                Sample(),
+                canary_weight=1.0,
+                baseline_recent=(60_000, 300),
+                baseline_recent_ms=before,
+            )
+        )
+    return verdict
+
+
+def test_a_slower_canary_alone_is_rolled_back_against_the_baselines_latencies_before() -> None:
+    """Twice as slow as the old release was before the switch: rolled back for latency
+    within seconds, though nothing runs beside it."""
+    verdict = alone_with_latencies(1, 2.0)
+    assert verdict.outcome == "fail"
+    assert "slower than baseline before it took all traffic" in verdict.reason
+    assert float(verdict.figures["elapsed_s"]) < 10
+
+
+def test_a_canary_alone_as_fast_as_before_is_not_rolled_back_for_latency() -> None:
+    """The same latencies as before: no rollback over 100 seeded two-minute stretches."""
+    assert sum(alone_with_latencies(seed, 1.0).outcome == "fail" for seed in range(100)) <= 1
+
+
 def test_a_canary_alone_with_no_baseline_rate_is_not_judged_alone() -> None:
     """No baseline request ever seen: nothing to compare with, and the verdict says so."""
     verdict, _ = alone_after(3, 1.0, before=0.0, seconds=30.0)

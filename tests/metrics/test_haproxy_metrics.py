@@ -237,6 +237,25 @@ async def test_logged_latencies_are_handed_out_once_per_release(
     assert (metrics.stats.malformed, metrics.stats.unattributed) == (1, 1)
 
 
+async def test_recent_latencies_outlive_snapshots(
+    scripted: tuple[HAProxyMetrics, ScriptedRouter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release's latest latencies stay for `recent_latencies` after snapshots and resets
+    have handed them out, the latest RECENT_LATENCIES of them, oldest first."""
+    metrics, _ = scripted
+    monkeypatch.setattr(haproxy_metrics, "RECENT_LATENCIES", 3)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        for ta in (5, 6, 7, 8):
+            sender.sendto(log_line("be_web", "s0", 200, ta), str(metrics.socket_path))
+        sender.sendto(log_line("be_web", "s0", 503, 1), str(metrics.socket_path))
+        await until(lambda: metrics.stats.lines == 5)
+    await metrics.snapshot("web")
+    await metrics.reset("web")
+    assert await metrics.recent_latencies("web", "A") == (6.0, 7.0, 8.0)
+    assert await metrics.recent_latencies("web", "B") == ()
+    assert await metrics.recent_latencies("elsewhere", "A") == ()
+
+
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

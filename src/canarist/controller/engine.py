@@ -371,12 +371,18 @@ class Engine:
             share = _canary_share(runtime.applied_weights, rollout.release, rollout.previous)
             if share not in (0.0, 1.0):
                 watch.on_its_own, watch.baseline_recent = None, None
+                watch.baseline_recent_ms = ()
             elif watch.on_its_own != share:
                 # All traffic on the canary, or none but what asks for it, from now: the
                 # canary is judged on its own against the baseline's recent rate, asked
                 # once per such stretch (it may be a remote query).
                 watch.on_its_own = share
                 watch.baseline_recent = await self._recent(rollout.service, rollout.previous)
+                watch.baseline_recent_ms = (
+                    await self._recent_latencies(rollout.service, rollout.previous)
+                    if share == 1.0
+                    else ()
+                )
             watch.observe(
                 svc.analysis,
                 now,
@@ -384,6 +390,7 @@ class Engine:
                 window.get(rollout.previous or ""),
                 share,
                 watch.baseline_recent,
+                watch.baseline_recent_ms,
             )
             row = watch.to_persist()
             if row is not None:
@@ -417,6 +424,17 @@ class Engine:
         except DriverError as exc:
             log.warning("%s: metrics history: %s", service, exc)
             return None
+
+    async def _recent_latencies(self, service: str, release: str | None) -> tuple[float, ...]:
+        """A release's latest latencies from the metrics provider, if it keeps them."""
+        metrics = self._metrics(service)
+        if release is None or not isinstance(metrics, KeepsHistory):
+            return ()
+        try:
+            return await metrics.recent_latencies(service, release)
+        except DriverError as exc:
+            log.warning("%s: metrics history: %s", service, exc)
+            return ()
 
     async def _alarm_reason(self, service: str, names: Sequence[str]) -> str | None:
         """A reason when any of the named alarms is in ALARM (needs an alarm source)."""

@@ -53,6 +53,9 @@ class Watch:
     # canary came to take all the traffic or none (None otherwise): its reference then.
     baseline_recent: tuple[int, int] | None = None
     on_its_own: float | None = None  # the canary's share when it was 1 or 0 (last tick)
+    baseline_recent_ms: tuple[float, ...] = ()  # with `baseline_recent`, when alone
+    _recent_ms_seen: tuple[float, ...] = ()
+    _recent_ms_unstored: tuple[float, ...] = ()
     # Latencies judged since the last stored row, to be stored with the next one.
     unstored: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
 
@@ -70,7 +73,11 @@ class Watch:
         for row in evidence[1:]:
             watch._judge(row, row.canary_ms, row.baseline_ms)
         watch.offset = watch.persisted = evidence[-1]._replace(
-            canary_ms=(), baseline_ms=(), canary_weight=None, baseline_recent=None
+            canary_ms=(),
+            baseline_ms=(),
+            canary_weight=None,
+            baseline_recent=None,
+            baseline_recent_ms=(),
         )
         watch.last = watch.offset
         return watch
@@ -83,10 +90,15 @@ class Watch:
         baseline: ReleaseWindow | None,
         canary_weight: float | None = None,
         baseline_recent: tuple[int, int] | None = None,
+        baseline_recent_ms: tuple[float, ...] = (),
     ) -> Verdict | None:
         """Judge the latest counts; returns the verdict (None without a judge).
         `canary_weight`: the canary's share of traffic the router has, if known;
-        `baseline_recent`: the baseline's counts over the router's recent history."""
+        `baseline_recent` and `baseline_recent_ms`: the baseline's counts and latest
+        latencies in the router's recent history, when the canary is alone."""
+        if baseline_recent_ms and baseline_recent_ms is not self._recent_ms_seen:
+            self._recent_ms_seen = baseline_recent_ms  # stored once, with the next row
+            self._recent_ms_unstored = baseline_recent_ms
         c, b = _sample(canary), _sample(baseline)
         o = self.offset
         row = ObservationRow(
@@ -97,6 +109,7 @@ class Watch:
             o.baseline_failures + b.failures,
             canary_weight=canary_weight,
             baseline_recent=baseline_recent,
+            baseline_recent_ms=baseline_recent_ms,
         )
         self.unstored[0].extend(c.latencies_ms)
         self.unstored[1].extend(b.latencies_ms)
@@ -115,6 +128,7 @@ class Watch:
             baseline=Sample(row.baseline_requests, row.baseline_failures, baseline_ms),
             canary_weight=row.canary_weight,
             baseline_recent=row.baseline_recent,
+            baseline_recent_ms=row.baseline_recent_ms,
         )
         self.verdict = self.analysis.update(observation)
         return self.verdict
@@ -133,7 +147,10 @@ class Watch:
         canary, baseline = (_thinned(values) for values in self.unstored)
         self.unstored = ([], [])
         self.persisted = self.last
-        return self.last._replace(canary_ms=canary, baseline_ms=baseline)
+        recent_ms, self._recent_ms_unstored = self._recent_ms_unstored, ()
+        return self.last._replace(
+            canary_ms=canary, baseline_ms=baseline, baseline_recent_ms=recent_ms
+        )
 
     def rollback_reason(self, spec: AnalysisSpec) -> str | None:
         """Why the canary must go, or None while nothing says so."""

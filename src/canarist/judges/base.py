@@ -57,7 +57,8 @@ class Observation:
 
     `baseline_recent` is the baseline's (requests, failures) over the last minutes, from
     the router's history rather than this analysis, when the caller knows it: a
-    reference rate for when the canary takes all the traffic.
+    reference rate for when the canary takes all the traffic. `baseline_recent_ms` are
+    the baseline's latest latencies from that history, a reference for the canary's.
     """
 
     elapsed: float
@@ -65,6 +66,7 @@ class Observation:
     baseline: Sample
     canary_weight: float | None = None
     baseline_recent: tuple[int, int] | None = None
+    baseline_recent_ms: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

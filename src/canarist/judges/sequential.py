@@ -81,9 +81,12 @@ When the split is not random: the canary alone, or only on request
     failure that hits every release from the canary's own (for the canary alone, the
     price of having no baseline running, as in Argo Rollouts' post-promotion analysis),
     and on request it judges the requests that testers chose (whose latencies are not
-    compared then: testers may well ask for slow pages). The analysis should start
-    before the canary takes traffic, so that the baseline's rate is known by then (the
-    controller starts it with the rollout).
+    compared then: testers may well ask for slow pages). Latency, for a canary alone, is
+    compared with the baseline's latest latencies from before (the router's
+    `Observation.baseline_recent_ms`, or the latest this analysis saw, whichever are
+    more), each used once, oldest first, as the rank test above uses fresh baseline
+    samples. The analysis should start before the canary takes traffic, so that the
+    baseline's rate is known by then (the controller starts it with the rollout).
 
 Restarts, so that a late regression is caught as fast as an early one
     Under the null a mixture drifts down, and after a long good stretch a regression
@@ -176,6 +179,8 @@ SHARE_SETTLE = 0.5
 # Part of the error test's alpha kept for the bounds on the baseline's rate that a canary
 # judged on its own (all the traffic on it, or none but what asks for it) is held to.
 REFERENCE_SHARE = 0.1
+# The baseline's latest latencies a canary alone is compared with, at most.
+REFERENCE_LATENCIES = 2048
 # Rollback mixtures start afresh this often; the first run keeps most of alpha.
 RESTART_EVERY = 60.0
 FIRST_RUN_SHARE = 0.8
@@ -469,14 +474,15 @@ class _ErrorTest:
         self._history_canary = self._history_total = 0
         self.share = 0.5
 
-    def on_its_own(self, now: float, recent: tuple[int, int] | None, kind: str) -> None:
+    def on_its_own(self, now: float, recent: tuple[int, int] | None, kind: str) -> bool:
         """The split is not random from now (`kind`: "alone", all the traffic on the
         canary; "on request", none but what asks for it): judge the canary's own outcomes
         against the baseline's rate in a stretch of its own. The rate is the baseline's
         over this analysis, or over the router's `recent` history if that saw more."""
         if self.stretch is not None and self.stretch.open and self.stretch.kind == kind:
-            return
+            return False
         self.stretch = _OnItsOwn(kind, now, recent)
+        return True
 
     def _bound_reference(self, stretch: _OnItsOwn) -> None:
         """Fix the stretch's reference, before the canary outcomes it will judge, from the
@@ -689,6 +695,9 @@ class _LatencyTest:
         self._pass_table = _lehmann_table(self.k_max, LATENCY_PASS_GRID)
         self._canary: deque[tuple[float, float]] = deque()
         self._baseline: deque[tuple[float, float]] = deque()
+        # The baseline's latencies from before, while the canary is alone (None else).
+        self.reference: deque[tuple[float, float]] | None = None
+        self._latest: deque[float] = deque(maxlen=REFERENCE_LATENCIES)  # the baseline's
         self.pairs = 0
         self.slower = 0.0  # sum of R/k: the share of comparisons the canary lost
 
@@ -696,17 +705,34 @@ class _LatencyTest:
         """Gather the evidence to pass afresh."""
         self.pass_ = _Mixture(len(LATENCY_PASS_GRID))
 
+    def alone(self, from_router: Sequence[float]) -> None:
+        """The canary is alone: compare it with the baseline's latencies from before, each
+        used once, oldest first: those the router kept (`from_router`) or the latest this
+        analysis saw, whichever are more."""
+        latencies = from_router if len(from_router) > len(self._latest) else self._latest
+        self.reference = deque((0.0, v) for v in latencies)
+
+    def together(self) -> None:
+        """The baseline runs beside the canary again: compare with its own latencies."""
+        self.reference = None
+
     def update(self, now: float, canary: Sequence[float], baseline: Sequence[float]) -> None:
         """Queue fresh samples, drop stale ones, and compare as many as can be paired."""
         self.fail.restart_if_due(now)
-        pending_c, pending_b = self._canary, self._baseline
+        pending_c = self._canary
         pending_c.extend([(now, v) for v in canary])
-        pending_b.extend([(now, v) for v in baseline])
         cutoff = now - self.window
         while pending_c and pending_c[0][0] < cutoff:
             pending_c.popleft()
-        while pending_b and pending_b[0][0] < cutoff:
-            pending_b.popleft()
+        if self.reference is not None:
+            # Drawn without looking at their values, so comparisons stay independent.
+            pending_b = self.reference
+        else:
+            pending_b = self._baseline
+            pending_b.extend([(now, v) for v in baseline])
+            self._latest.extend(baseline)
+            while pending_b and pending_b[0][0] < cutoff:
+                pending_b.popleft()
         if not (pending_c and pending_b):
             return
         fail_logs = [0.0] * len(LATENCY_FAIL_GRID)
@@ -801,9 +827,16 @@ class SequentialAnalysis:
         if weight is not None:
             if weight >= 1.0 or weight <= 0.0:
                 kind = "alone" if weight >= 1.0 else "on request"
-                self._errors.on_its_own(now, observation.baseline_recent, kind)
-            elif self._errors.stretch is not None:
+                started = self._errors.on_its_own(now, observation.baseline_recent, kind)
+                if started and self._latency is not None:
+                    if kind == "alone":
+                        self._latency.alone(observation.baseline_recent_ms)
+                    else:
+                        self._latency.together()
+            elif self._errors.stretch is not None and self._errors.stretch.open:
                 self._errors.stretch.open = False
+                if self._latency is not None:
+                    self._latency.together()
         self._errors.update(now, n_c, x_c, n_b, x_b)
         canary_latencies = observation.canary.latencies_ms
         baseline_latencies = observation.baseline.latencies_ms
@@ -852,8 +885,9 @@ class SequentialAnalysis:
             )
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
         if latency is not None and latency.fail.alarmed:
+            before = " before it took all traffic" if latency.reference is not None else ""
             reason = (
-                f"canary slower than baseline: {self._medians()} over {latency.pairs} "
+                f"canary slower than baseline{before}: {self._medians()} over {latency.pairs} "
                 f"compared samples (evidence {slower:.0f} >= {latency.fail.bar:.0f}; "
                 f"false-rollback rate {s.alpha:g})"
             )

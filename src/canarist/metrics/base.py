@@ -53,13 +53,17 @@ class Metrics(Protocol):
 
 @runtime_checkable
 class KeepsHistory(Protocol):
-    """A provider that remembers each release's counts of the last minutes, whatever the
-    windows: the baseline's rate before an analysis began, for a canary that then takes
-    all the traffic (nothing runs beside it to compare with)."""
+    """A provider that remembers each release's counts of the last minutes and its latest
+    latencies, whatever the windows: the baseline's rate and latencies before, for a
+    canary that then takes all the traffic (nothing runs beside it to compare with)."""
 
     async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
         """Requests and failures of the release over the last `seconds` (or as much of
         them as the provider saw), or None when it has seen nothing of the release."""
+
+    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
+        """The latencies (ms) of the release's latest successful requests, a bounded
+        number, oldest first; () when the provider sees no request latencies."""
 
 
 @runtime_checkable

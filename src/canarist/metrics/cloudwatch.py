@@ -280,6 +280,10 @@ class CloudWatchMetrics:
         failures = sum(_total(results.get(name, ())) for name in counted[1:])
         return requests, min(failures, requests)
 
+    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
+        """Nothing: CloudWatch keeps statistics, not the latencies of requests."""
+        return ()
+
     # -- alarms ----------------------------------------------------------------------------
 
     async def alarms_firing(self, names: Sequence[str]) -> list[str]:

@@ -224,6 +224,8 @@ def failure_tally(requests: int, errors_5xx: int, connection_errors: int) -> Tal
 # How long, and how finely, each release's totals are remembered for `recent`.
 HISTORY_SECONDS = 900.0
 HISTORY_STEP = 1.0
+# How many of each release's latest latencies are remembered for `recent_latencies`.
+RECENT_LATENCIES = 2048
 
 
 @dataclass
@@ -234,6 +236,8 @@ class _Service:
     latency: dict[str, Reservoir] = field(default_factory=dict)  # since the last snapshot
     # (time.monotonic(), totals) about every HISTORY_STEP, oldest first.
     history: deque[tuple[float, dict[str, Tally]]] = field(default_factory=deque)
+    # Each release's latest latencies, whatever the windows and snapshots.
+    latest: dict[str, deque[float]] = field(default_factory=dict)
 
     def remember(self, at: float) -> None:
         """Keep the totals as of `at` (at most one entry per HISTORY_STEP)."""
@@ -340,6 +344,11 @@ class HAProxyMetrics:
                 break
         count = now - since
         return count.requests, count.failures
+
+    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
+        """The release's latest RECENT_LATENCIES logged latencies, oldest first."""
+        books = self._services.get(service)
+        return tuple(books.latest.get(release, ())) if books else ()
 
     async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
         """Each release's counts in the window, as of the last read, and the latencies
@@ -454,11 +463,15 @@ class HAProxyMetrics:
         if service is None or release is None:
             self._unattributed += 1
             return
-        latency = self._services.setdefault(service, _Service()).latency
-        sample = latency.get(release)
+        books = self._services.setdefault(service, _Service())
+        sample = books.latency.get(release)
         if sample is None:
-            sample = latency[release] = Reservoir(self.reservoir_size, self._rng)
+            sample = books.latency[release] = Reservoir(self.reservoir_size, self._rng)
         sample.add(float(entry.active_ms))
+        latest = books.latest.get(release)
+        if latest is None:
+            latest = books.latest[release] = deque(maxlen=RECENT_LATENCIES)
+        latest.append(float(entry.active_ms))
 
 
 def _int(value: str | None) -> int:

@@ -68,6 +68,7 @@ class ObservationRow(NamedTuple):
     baseline_ms: tuple[float, ...] = ()
     canary_weight: float | None = None
     baseline_recent: tuple[int, int] | None = None
+    baseline_recent_ms: tuple[float, ...] = ()  # the baseline's latest latencies, when fetched
 
     @property
     def counts(self) -> tuple[int, int, int, int]:

@@ -75,7 +75,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE observations ADD COLUMN baseline_ms BLOB NOT NULL DEFAULT x'';
     ALTER TABLE observations ADD COLUMN canary_weight REAL;
     ALTER TABLE observations ADD COLUMN recent_requests INTEGER;
-    ALTER TABLE observations ADD COLUMN recent_failures INTEGER
+    ALTER TABLE observations ADD COLUMN recent_failures INTEGER;
+    ALTER TABLE observations ADD COLUMN recent_ms BLOB NOT NULL DEFAULT x''
     """,
 )
 
@@ -283,9 +284,9 @@ class SQLiteStore:
         self._db.execute(
             "INSERT INTO observations (rollout_id, seq, at, canary_requests, canary_failures,"
             " baseline_requests, baseline_failures, canary_ms, baseline_ms, canary_weight,"
-            " recent_requests, recent_failures)"
+            " recent_requests, recent_failures, recent_ms)"
             " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM observations"
-            " WHERE rollout_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " WHERE rollout_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rollout_id,
                 rollout_id,
@@ -295,6 +296,7 @@ class SQLiteStore:
                 _floats(o.baseline_ms),
                 o.canary_weight,
                 *(o.baseline_recent or (None, None)),
+                _floats(o.baseline_recent_ms),
             ),
         )
 
@@ -302,7 +304,7 @@ class SQLiteStore:
         """A rollout's analysis points, in order."""
         rows = self._db.execute(
             "SELECT at, canary_requests, canary_failures, baseline_requests, baseline_failures,"
-            " canary_ms, baseline_ms, canary_weight, recent_requests, recent_failures"
+            " canary_ms, baseline_ms, canary_weight, recent_requests, recent_failures, recent_ms"
             " FROM observations WHERE rollout_id = ?"
             " ORDER BY seq",
             (rollout_id,),
@@ -320,6 +322,7 @@ class SQLiteStore:
                 None
                 if row["recent_requests"] is None
                 else (row["recent_requests"], row["recent_failures"]),
+                _unfloats(row["recent_ms"]),
             )
             for row in rows
         ]
