@@ -41,14 +41,21 @@ BAD_ERROR = 0.20
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Canarist, dict[str, str]]]:
-    """v1 and a healthy v3 with 0.5 % errors, a bad v2 with 20 %; v1 serving."""
+    """v1 and a healthy v3 with 0.5 % errors, a bad v2 with 20 %, a v4 40 ms slower; v1
+    serving."""
     root: Path = tmp_path_factory.mktemp("analysis")
     port = free_port()
     (root / "canarist.yaml").write_text(SPEC.format(port=port))
     cli = Canarist(root, port)
     refs = {}
-    for name, version, error in (("v1", "1", 0.005), ("bad", "2", BAD_ERROR), ("good", "3", 0.005)):
-        app = write_app(root / name, version=version, error_rate=error)
+    apps = (
+        ("v1", "1", 0.005, 0.0),
+        ("bad", "2", BAD_ERROR, 0.0),
+        ("good", "3", 0.005, 0.0),
+        ("slow", "4", 0.005, 40.0),
+    )
+    for name, version, error, delay in apps:
+        app = write_app(root / name, version=version, error_rate=error, delay_ms=delay)
         refs[name] = cli("build", str(app)).stdout.strip().splitlines()[-1]
     cli("up")
     try:
@@ -160,3 +167,19 @@ def test_a_healthy_blue_green_release_is_promoted_after_its_warm_period(
     print(f"healthy blue-green: promoted in {took:.1f}s, {dict(load.report.failed_by_version)}")
     assert code == 0
     assert cli.status()["stable"] == target
+
+
+def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """40 ms slower than the old release was before the switch, the same errors: rolled
+    back for latency (HAProxy's logged latencies of the old release are the reference)."""
+    cli, refs = project
+    stable = cli.status()["stable"]
+    code, took, load = deploy_under_load(cli, refs["slow"], "--strategy", "blue-green", warmup=3.0)
+    served = load.report.by_version["4"] + load.report.failed_by_version["4"]
+    print(f"slow blue-green: rolled back after {took:.1f}s, having served {served} requests")
+    assert code == 3
+    history = json.loads(cli("history", "web", "--json").stdout)[0]
+    assert "slower than baseline before it took all traffic" in history["reason"]
+    assert cli.status()["stable"] == stable

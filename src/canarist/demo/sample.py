@@ -13,10 +13,12 @@ import random
 import signal
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = "{version}"
 ERROR_RATE = {error_rate}  # share of requests answered 500, to show automatic rollback
+DELAY = {delay_ms} / 1000  # seconds added to every answer, to show a latency rollback
 RELEASE = os.environ.get("CANARIST_RELEASE", "dev")
 INSTANCE = os.environ.get("CANARIST_INSTANCE", "dev")
 
@@ -34,6 +36,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             self.reply(200, b"ok\\n", "text/plain")
             return
+        if DELAY:
+            time.sleep(DELAY)
         if ERROR_RATE and random.random() < ERROR_RATE:
             self.reply(500, b'{{"error": "injected"}}\\n', "application/json")
             return
@@ -103,10 +107,14 @@ services:
 """
 
 
-def write_app(directory: Path, version: str = "1.0.0", error_rate: float = 0.0) -> Path:
-    """Write the sample app into `directory` (created if needed)."""
+def write_app(
+    directory: Path, version: str = "1.0.0", error_rate: float = 0.0, delay_ms: float = 0.0
+) -> Path:
+    """Write the sample app into `directory` (created if needed): it fails `error_rate`
+    of its requests and answers `delay_ms` later than it could."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "server.py").write_text(SERVER.format(version=version, error_rate=error_rate))
+    server = SERVER.format(version=version, error_rate=error_rate, delay_ms=delay_ms)
+    (directory / "server.py").write_text(server)
     (directory / "pyproject.toml").write_text(PYPROJECT.format(version=version))
     return directory
 
