@@ -2,26 +2,29 @@
 
 Run:  .venv/bin/python -m bench.blue_green [--runs N] [--aa-runs N] [--jobs J] [--quick]
 
-The old release served alone for the ten minutes before the switch (error rate 0.5 %);
-then the new one takes every request, at 10, 100 or 1000 requests/s, failing at 2, 5, 20
-or 100 % (or at 0.5 %: A/A), while the old one stays warm, with no traffic, for a
-ten-minute warm period: the time in which a rollback is a weight change. Time moves in
-0.25 s ticks; per tick the request count is Poisson and the failures binomial, from one
-seeded stream per run shared by every policy. For each scenario it prints, per policy,
-how often the bad release was rolled back within the warm period, the median and p95
-failed requests served before the decision (">N": the median run never rolled back, N
-is what it served in the whole warm period), and the median time to the decision; then
-every policy's false-rollback rate over the A/A runs.
+The old release served alone for the ten minutes before the switch (error rate 0.5 %,
+latencies lognormal with median 60 ms and p99 192 ms, as in bench/blast_radius.py); then
+the new one takes every request, at 10, 100 or 1000 requests/s, failing at 2, 5, 20 or
+100 %, or 50 % or 200 % slower, or like the old one (A/A), while the old one stays warm,
+with no traffic, for a ten-minute warm period: the time in which a rollback is a weight
+change. Time moves in 0.25 s ticks; per tick the request count is Poisson, the failures
+binomial and up to 12 latencies are logged (HAProxy's sample), from one seeded stream
+per run shared by every policy. For each scenario it prints, per policy, how often the
+bad release was rolled back within the warm period, the median and p95 failed requests
+(slowed requests, for a slower release) served before the decision (">N": the median
+run never rolled back, N is what it served in the whole warm period), and the median
+time to the decision; then every policy's false-rollback rate over the A/A runs.
 
 The policies
     canarist sequential (default): fed every tick from the rollout's start, as the
         controller does: a second with the new release starting, no weight (the old one
         serving), then all the traffic on it (canary_weight 1); told the old release's
-        requests and failures over its last ten minutes (what the HAProxy provider's
-        history gives).
-    CodeDeploy blue/green, with the CloudWatch alarm of bench/blast_radius.py: 60 s
-        periods, one datapoint, error rate > 1 %; evaluated at each minute's end, the
-        deployment (and its original environment) kept through the warm period.
+        requests and failures over its last ten minutes and its latest 2,048 latencies
+        (what the HAProxy provider's history gives).
+    CodeDeploy blue/green, with the CloudWatch alarms of bench/blast_radius.py: 60 s
+        periods, one datapoint, error rate > 1 % or p99 > 500 ms; evaluated at each
+        minute's end, the deployment (and its original environment) kept through the
+        warm period.
     Argo Rollouts blue-green with the AnalysisTemplate of its docs as post-promotion
         analysis: a measurement every 5 minutes of the success rate over 5 minutes,
         >= 95 % to succeed, failureLimit 3 (fails at the 4th failed measurement). Argo
@@ -31,9 +34,10 @@ The policies
     Flagger blue/green: its checks run before the switch, on the new release's own
         test traffic; after the switch nothing rolls back (listed for what it lets
         through, not simulated).
-    Wald SPRT, true rates known: the log-likelihood ratio of the true rate against
-        0.5 %, rolling back at log(1 / 0.01): a lower bound, not a deployable policy (in
-        A/A runs, of twice the rate against 0.5 %).
+    Wald SPRT, true rates known: the log-likelihood ratio of the true rate (or
+        latency shift, on the logged latencies) against the old release's, rolling back
+        at log(1 / 0.01): a lower bound, not a deployable policy (in A/A runs, of twice
+        the rate and of 25 % slower, each at half of 0.01).
 """
 
 from __future__ import annotations
@@ -50,17 +54,25 @@ from dataclasses import dataclass
 from bench.blast_radius import (
     ALPHA,
     BASELINE_ERROR,
+    LATENCY_MEDIAN_MS,
+    LATENCY_SIGMA,
+    P99_LIMIT_MS,
     TICK,
     binomial,
+    latency_table,
     poisson,
     run_work,
     split_work,
+    window_p99,
 )
 
 from canarist.judges import Observation, Sample, make_judge
 
 RATES = (10, 100, 1000)
 ERRORS = (0.02, 0.05, 0.20, 1.0)
+SLOWDOWNS = (1.5, 3.0)
+LOGGED_PER_TICK = 12  # latencies HAProxy's log sample gives per tick, at most
+REFERENCE_LATENCIES = 2048
 WARM = 600.0  # the warm period after the switch
 HISTORY = 600.0  # the old release's traffic the reference is taken from
 TICKS = round(WARM / TICK)
@@ -77,129 +89,187 @@ PEERS = POLICIES[1:4]
 
 @dataclass(frozen=True)
 class Scenario:
-    """A new release alone after the switch: its error rate, at a request rate."""
+    """A new release alone after the switch: its error rate and latency factor, at a
+    request rate."""
 
     error: float
     rps: int
+    slowdown: float = 1.0
+
+    @property
+    def aa(self) -> bool:
+        """Whether the new release is like the old one."""
+        return self.error == BASELINE_ERROR and self.slowdown == 1.0
 
     @property
     def label(self) -> str:
         """How the report names it."""
-        if self.error == BASELINE_ERROR:
+        if self.aa:
             return f"A/A (0.5 %), {self.rps} req/s"
+        if self.slowdown != 1.0:
+            return f"new release {self.slowdown - 1:.0%} slower, {self.rps} req/s"
         return f"new release failing {self.error:.0%}, {self.rps} req/s"
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether a policy rolled back, when, and the failed requests served until then."""
+    """Whether a policy rolled back, when, and the requests and failed requests served
+    until then."""
 
     rolled_back: bool
     at: float
+    requests: int
     failures: int
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One run's traffic after the switch, cumulative per tick, and what came before."""
+
+    reference: tuple[int, int]  # the old release's requests and failures, last 10 min
+    reference_ms: tuple[float, ...]  # its latest latencies
+    starting: tuple[tuple[int, int], ...]  # its traffic while the new release starts
+    requests: tuple[int, ...]
+    failures: tuple[int, ...]
+    latencies: tuple[tuple[float, ...], ...]  # logged in each tick
+
+    def decision(self, rolled_back: bool, tick: int) -> Decision:
+        """A decision at the end of `tick` (the last one: none within the warm period)."""
+        return Decision(rolled_back, tick * TICK, self.requests[tick], self.failures[tick])
+
+
+def stream(scenario: Scenario, rng: random.Random) -> Stream:
+    """The seeded traffic of one run."""
+    reference_requests = poisson(rng, scenario.rps * HISTORY)
+    reference = (reference_requests, binomial(rng, reference_requests, BASELINE_ERROR))
+    reference_ms = tuple(rng.choices(latency_table(1.0), k=REFERENCE_LATENCIES))
+    starting = []
+    for _ in range(STARTING_TICKS):
+        n = poisson(rng, scenario.rps * TICK)
+        starting.append((n, binomial(rng, n, BASELINE_ERROR)))
+    requests, failures, latencies = [0], [0], [()]
+    table = latency_table(scenario.slowdown)
+    for _ in range(TICKS):
+        n = poisson(rng, scenario.rps * TICK)
+        requests.append(requests[-1] + n)
+        failures.append(failures[-1] + binomial(rng, n, scenario.error))
+        latencies.append(tuple(rng.choices(table, k=min(n, LOGGED_PER_TICK))))
+    return Stream(
+        reference,
+        reference_ms,
+        tuple(starting),
+        tuple(requests),
+        tuple(failures),
+        tuple(latencies),
+    )
 
 
 def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
     """One seeded stream (reference, then the warm period) through every policy."""
     rng = random.Random(seed)
-    reference_requests = poisson(rng, scenario.rps * HISTORY)
-    reference = (reference_requests, binomial(rng, reference_requests, BASELINE_ERROR))
-    starting = []  # the old release's traffic while the new one starts (no weight yet)
-    for _ in range(STARTING_TICKS):
-        n = poisson(rng, scenario.rps * TICK)
-        starting.append((n, binomial(rng, n, BASELINE_ERROR)))
-    requests, failures = [0], [0]  # cumulative, per tick
-    for _ in range(TICKS):
-        n = poisson(rng, scenario.rps * TICK)
-        requests.append(requests[-1] + n)
-        failures.append(failures[-1] + binomial(rng, n, scenario.error))
+    traffic = stream(scenario, rng)
+    peer_rng = random.Random(seed * 7919 + 17)  # p99 draws, apart from the stream
+
+    def alarm(n: int, x: int) -> bool:
+        too_slow = n > 0 and window_p99(peer_rng, n, scenario.slowdown) > P99_LIMIT_MS
+        return (n > 0 and x / n > 0.01) or too_slow
+
     return {
-        POLICIES[0]: _canarist(reference, starting, requests, failures),
-        POLICIES[1]: _interval(requests, failures, 60.0, lambda n, x: n > 0 and x / n > 0.01, 1),
-        POLICIES[2]: _interval(
-            requests, failures, 300.0, lambda n, x: n == 0 or (n - x) / n < 0.95, 4
-        ),
-        POLICIES[3]: Decision(False, WARM, failures[-1]),
-        POLICIES[4]: _wald(scenario.error, requests, failures),
+        POLICIES[0]: _canarist(traffic),
+        POLICIES[1]: _interval(traffic, 60.0, alarm, 1),
+        POLICIES[2]: _interval(traffic, 300.0, lambda n, x: n == 0 or (n - x) / n < 0.95, 4),
+        POLICIES[3]: traffic.decision(False, TICKS),
+        POLICIES[4]: _wald(scenario, traffic),
     }
 
 
-def _canarist(
-    reference: tuple[int, int],
-    starting: Sequence[tuple[int, int]],
-    requests: Sequence[int],
-    failures: Sequence[int],
-) -> Decision:
+def _canarist(traffic: Stream) -> Decision:
     """As the controller feeds it: from the rollout's start, the new release starting with
     no weight beside the old one, then all the traffic on it."""
     analysis = make_judge("sequential").begin()
     old = [0, 0]
-    for tick, (n, x) in enumerate(starting, start=1):
+    for tick, (n, x) in enumerate(traffic.starting, start=1):
         old = [old[0] + n, old[1] + x]
         analysis.update(
-            Observation(tick * TICK, Sample(), Sample(*old), 0.0, baseline_recent=reference)
+            Observation(tick * TICK, Sample(), Sample(*old), 0.0, baseline_recent=traffic.reference)
         )
-    start = len(starting) * TICK
+    start = len(traffic.starting) * TICK
     for tick in range(1, TICKS + 1):
         verdict = analysis.update(
             Observation(
                 start + tick * TICK,
-                Sample(requests[tick], failures[tick]),
+                Sample(traffic.requests[tick], traffic.failures[tick], traffic.latencies[tick]),
                 Sample(*old),
                 canary_weight=1.0,
-                baseline_recent=reference,
+                baseline_recent=traffic.reference,
+                baseline_recent_ms=traffic.reference_ms,
             )
         )
         if verdict.outcome == "fail":
-            return Decision(True, tick * TICK, failures[tick])
-    return Decision(False, WARM, failures[-1])
+            return traffic.decision(True, tick)
+    return traffic.decision(False, TICKS)
 
 
 def _interval(
-    requests: Sequence[int],
-    failures: Sequence[int],
-    interval: float,
-    failed: Callable[[int, int], bool],
-    limit: int,
+    traffic: Stream, interval: float, failed: Callable[[int, int], bool], limit: int
 ) -> Decision:
     """A check of the last `interval` seconds at each interval's end; rollback at the
     `limit`-th failed check."""
     step = round(interval / TICK)
     count = 0
     for end in range(step, TICKS + 1, step):
-        n = requests[end] - requests[end - step]
-        x = failures[end] - failures[end - step]
+        n = traffic.requests[end] - traffic.requests[end - step]
+        x = traffic.failures[end] - traffic.failures[end - step]
         count += failed(n, x)
         if count >= limit:
-            return Decision(True, end * TICK, failures[end])
-    return Decision(False, WARM, failures[-1])
+            return traffic.decision(True, end)
+    return traffic.decision(False, TICKS)
 
 
-def _wald(error: float, requests: Sequence[int], failures: Sequence[int]) -> Decision:
-    if error <= BASELINE_ERROR:  # A/A: the one-sided test never crosses on average
-        per_failure, per_success = math.log(2), math.log((1 - 2 * BASELINE_ERROR) / 0.995)
+def _wald(scenario: Scenario, traffic: Stream) -> Decision:
+    """Wald's one-sided SPRTs with the true rate and shift known (module docstring)."""
+    tests = []  # (log ratio per failure, per success, per-sample latency shift, bar)
+    if scenario.aa:
+        bar = math.log(2 / ALPHA)
+        tests.append((math.log(2), math.log((1 - 2 * BASELINE_ERROR) / 0.995), 0.0, bar))
+        tests.append((0.0, 0.0, math.log(1.25), bar))
+    elif scenario.slowdown != 1.0:
+        tests.append((0.0, 0.0, math.log(scenario.slowdown), math.log(1 / ALPHA)))
     else:
-        per_failure = math.log(error / BASELINE_ERROR)
-        per_success = math.log((1 - error) / (1 - BASELINE_ERROR)) if error < 1 else -math.inf
-    bar = math.log(1 / ALPHA)
+        error = scenario.error
+        success = math.log((1 - error) / (1 - BASELINE_ERROR)) if error < 1 else -math.inf
+        tests.append((math.log(error / BASELINE_ERROR), success, 0.0, math.log(1 / ALPHA)))
+    latency_llr = [0.0] * len(tests)
+    mu0 = math.log(LATENCY_MEDIAN_MS)
     for tick in range(1, TICKS + 1):
-        x = failures[tick]
-        n = requests[tick]
-        llr = x * per_failure + ((n - x) * per_success if n > x else 0.0)
-        if llr >= bar:
-            return Decision(True, tick * TICK, x)
-    return Decision(False, WARM, failures[-1])
+        x, n = traffic.failures[tick], traffic.requests[tick]
+        logged = [math.log(v) - mu0 for v in traffic.latencies[tick]]
+        for i, (per_failure, per_success, shift, bar) in enumerate(tests):
+            llr = x * per_failure + ((n - x) * per_success if n > x else 0.0)
+            if shift:
+                latency_llr[i] += sum(shift * z - shift**2 / 2 for z in logged) / LATENCY_SIGMA**2
+                llr = latency_llr[i]
+            if llr >= bar:
+                return traffic.decision(True, tick)
+    return traffic.decision(False, TICKS)
 
 
 def _chunk(args: tuple[Scenario, int, int]) -> list[dict[str, Decision]]:
     scenario, first, count = args
-    seed = round(scenario.error * 10_000) * 100_003 + scenario.rps * 1_000_003
+    seed = (
+        round(scenario.error * 10_000) * 100_003
+        + scenario.rps * 1_000_003
+        + round(scenario.slowdown * 10) * 7
+    )
     return [run_once(scenario, seed + i) for i in range(first, first + count)]
 
 
 def scenarios() -> list[Scenario]:
-    """Bad releases at every rate, then the A/A ones."""
-    bad = [Scenario(error, rps) for rps in RATES for error in ERRORS]
+    """Bad releases at every rate (errors, then latency), then the A/A ones."""
+    bad = []
+    for rps in RATES:
+        bad += [Scenario(error, rps) for error in ERRORS]
+        bad += [Scenario(BASELINE_ERROR, rps, slowdown) for slowdown in SLOWDOWNS]
     return bad + [Scenario(BASELINE_ERROR, rps) for rps in RATES]
 
 
@@ -207,7 +277,7 @@ def benchmark(runs: int, aa_runs: int, jobs: int) -> dict[Scenario, list[dict[st
     """Every scenario's decisions, run by run."""
     work = []
     for scenario in scenarios():
-        work += split_work(scenario, aa_runs if scenario.error == BASELINE_ERROR else runs, jobs)
+        work += split_work(scenario, aa_runs if scenario.aa else runs, jobs)
     return run_work(scenarios(), work, _chunk, jobs)
 
 
@@ -215,13 +285,15 @@ def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
     """A table per bad scenario, the A/A table."""
     lines: list[str] = []
     for scenario, runs in results.items():
-        if scenario.error == BASELINE_ERROR:
+        if scenario.aa:
             continue
-        lines.append(f"{scenario.label}, {len(runs)} runs - failed requests before rollback")
+        slower = scenario.slowdown != 1.0
+        harm = "slowed requests" if slower else "failed requests"
+        lines.append(f"{scenario.label}, {len(runs)} runs - {harm} before rollback")
         lines.append(f"  {'policy':38} {'rolled back':>11} {'median':>8} {'p95':>8} {'time':>8}")
         for name in POLICIES:
             decisions = [run[name] for run in runs]
-            values = sorted(d.failures for d in decisions)
+            values = sorted(d.requests if slower else d.failures for d in decisions)
             rolled = sum(d.rolled_back for d in decisions) / len(decisions)
             median = statistics.median(values)
             p95 = values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]
@@ -230,8 +302,8 @@ def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
             shown = f"{'>' if rolled < 0.5 else ''}{median:g}"
             lines.append(f"  {name:38} {rolled:>10.0%} {shown:>8} {p95:>8g} {when:>8}")
         lines.append("")
-    lines.append("A/A (the new release fails at 0.5 % too): false rollbacks in the warm period")
-    aa = [s for s in results if s.error == BASELINE_ERROR]
+    lines.append("A/A (the new release like the old one): false rollbacks in the warm period")
+    aa = [s for s in results if s.aa]
     lines.append(f"  {'policy':38}" + "".join(f"{f'{s.rps} req/s':>12}" for s in aa))
     for name in POLICIES:
         cells = []
