@@ -12,6 +12,8 @@ its test needs (interval boundaries, running likelihood ratios) between observat
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Protocol
@@ -115,6 +117,57 @@ class Stages:
         moved = self.weight is not None and weight != self.weight
         self.weight = weight
         return moved
+
+
+class IntervalAnalysis(ABC):
+    """What the interval judges share (threshold, mann-whitney): requests, failures and
+    latencies gathered as observations come, a check at each interval's end (`_check`),
+    a fail that is final, and a pass that holds for its stage (`_new_stage` starts the
+    count of a new weight). Latencies are kept since the last check, the latest `keep` of
+    them (None: all), for `_check` to use or clear."""
+
+    def __init__(self, interval: float, first: Verdict, keep: int | None = None) -> None:
+        self.interval = interval
+        self._canary = Counts()
+        self._baseline = Counts()
+        self._canary_latencies: deque[float] = deque(maxlen=keep)
+        self._baseline_latencies: deque[float] = deque(maxlen=keep)
+        self._ends_at = interval
+        self._last = first
+        self._final: Verdict | None = None  # a fail
+        self._stages = Stages()
+
+    def update(self, observation: Observation) -> Verdict:
+        """Take in one observation; at an interval's end, check."""
+        if self._final is not None:
+            return self._final
+        if self._stages.moved(observation.canary_weight):
+            self._new_stage()
+            if self._last.outcome == PASS:
+                self._last = Verdict(CONTINUE, "the canary's weight changed", self._last.figures)
+        self._canary.advance(observation.canary)
+        self._baseline.advance(observation.baseline)
+        self._canary_latencies.extend(observation.canary.latencies_ms)
+        self._baseline_latencies.extend(observation.baseline.latencies_ms)
+        if observation.elapsed < self._ends_at:
+            return self._last
+        verdict = self._check()
+        # Several boundaries may have passed since the last observation: they were one.
+        self._ends_at = (math.floor(observation.elapsed / self.interval) + 1) * self.interval
+        if verdict.outcome == FAIL:
+            self._final = verdict
+        elif self._last.outcome == PASS and verdict.outcome != PASS:
+            verdict = Verdict(PASS, self._last.reason, verdict.figures)  # holds for the stage
+        self._last = verdict
+        return verdict
+
+    @abstractmethod
+    def _check(self) -> Verdict:
+        """The verdict at an interval's end."""
+
+    @abstractmethod
+    def _new_stage(self) -> None:
+        """The canary's weight moved: what counted towards a pass counts no more."""
 
 
 class JudgeSettings(BaseModel):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 
 from pydantic import Field
@@ -33,12 +33,10 @@ from canarist.judges.base import (
     FAIL,
     NO_DATA,
     PASS,
-    Counts,
     Figure,
+    IntervalAnalysis,
     JudgeSettings,
-    Observation,
     Seconds,
-    Stages,
     Verdict,
     count_figures,
     latency_figures,
@@ -80,49 +78,25 @@ class MannWhitneyJudge:
         return MannWhitneyAnalysis(self.settings)
 
 
-class MannWhitneyAnalysis:
+class MannWhitneyAnalysis(IntervalAnalysis):
     """One rollout's analysis: samples accumulate, tests run at each interval's end."""
 
     def __init__(self, settings: MannWhitneySettings) -> None:
-        self.settings = settings
-        self._canary = Counts()
-        self._baseline = Counts()
-        self._canary_latencies: deque[float] = deque(maxlen=settings.max_samples)
-        self._baseline_latencies: deque[float] = deque(maxlen=settings.max_samples)
-        self._ends_at = settings.interval
-        self._evaluations = 0
-        self._clean = 0
-        self._last = Verdict(
+        first = Verdict(
             CONTINUE,
             f"first test after {settings.interval:g}s",
             {"judge": "mann-whitney", "evaluations": 0},
         )
-        self._final: Verdict | None = None  # a fail
-        self._stages = Stages()
+        super().__init__(settings.interval, first, keep=settings.max_samples)
+        self.settings = settings
+        self._evaluations = 0
+        self._clean = 0
 
-    def update(self, observation: Observation) -> Verdict:
-        """Take in one observation; at an interval's end, run the tests."""
-        if self._final is not None:
-            return self._final
-        if self._stages.moved(observation.canary_weight):
-            self._clean = 0  # a new weight: it must come through clean tests again
-            if self._last.outcome == PASS:
-                self._last = Verdict(CONTINUE, "the canary's weight changed", self._last.figures)
-        self._canary.advance(observation.canary)
-        self._baseline.advance(observation.baseline)
-        self._canary_latencies.extend(observation.canary.latencies_ms)
-        self._baseline_latencies.extend(observation.baseline.latencies_ms)
-        if observation.elapsed < self._ends_at:
-            return self._last
-        interval = self.settings.interval
-        self._ends_at = (math.floor(observation.elapsed / interval) + 1) * interval
-        verdict = self._evaluate()
-        if verdict.outcome == FAIL:
-            self._final = verdict
-        elif self._last.outcome == PASS and verdict.outcome != PASS:
-            verdict = Verdict(PASS, self._last.reason, verdict.figures)  # holds for the stage
-        self._last = verdict
-        return verdict
+    def _new_stage(self) -> None:
+        self._clean = 0  # a new weight: it must come through clean tests again
+
+    def _check(self) -> Verdict:
+        return self._evaluate()
 
     def _evaluate(self) -> Verdict:
         s = self.settings

@@ -16,8 +16,6 @@ traffic. The sequential judge exists for that.
 
 from __future__ import annotations
 
-import math
-
 from pydantic import Field
 
 from canarist.judges.base import (
@@ -25,13 +23,11 @@ from canarist.judges.base import (
     FAIL,
     NO_DATA,
     PASS,
-    Counts,
     Figure,
+    IntervalAnalysis,
     JudgeSettings,
-    Observation,
     Outcome,
     Seconds,
-    Stages,
     Verdict,
     count_figures,
     latency_figures,
@@ -76,52 +72,27 @@ class ThresholdJudge:
         return ThresholdAnalysis(self.settings)
 
 
-class ThresholdAnalysis:
+class ThresholdAnalysis(IntervalAnalysis):
     """One rollout's interval-by-interval analysis."""
 
     def __init__(self, settings: ThresholdSettings) -> None:
-        self.settings = settings
-        self._canary = Counts()
-        self._baseline = Counts()
-        self._interval_start = (0, 0, 0, 0)  # canary and baseline totals when it began
-        self._canary_latencies: list[float] = []
-        self._baseline_latencies: list[float] = []
-        self._ends_at = settings.interval
-        self._intervals = 0
-        self._failed_in_a_row = 0
-        self._passed = 0
-        self._last: Verdict = Verdict(
+        first = Verdict(
             CONTINUE,
             f"first interval ends after {settings.interval:g}s",
             {"judge": "threshold", "intervals": 0},
         )
-        self._final: Verdict | None = None  # a fail
-        self._stages = Stages()
+        super().__init__(settings.interval, first)
+        self.settings = settings
+        self._interval_start = (0, 0, 0, 0)  # canary and baseline totals when it began
+        self._intervals = 0
+        self._failed_in_a_row = 0
+        self._passed = 0
 
-    def update(self, observation: Observation) -> Verdict:
-        """Take in one observation; at an interval's end, check it."""
-        if self._final is not None:
-            return self._final
-        if self._stages.moved(observation.canary_weight):
-            self._passed = 0  # a new weight: its intervals must pass again
-            if self._last.outcome == PASS:
-                self._last = Verdict(CONTINUE, "the canary's weight changed", self._last.figures)
-        self._canary.advance(observation.canary)
-        self._baseline.advance(observation.baseline)
-        self._canary_latencies.extend(observation.canary.latencies_ms)
-        self._baseline_latencies.extend(observation.baseline.latencies_ms)
-        if observation.elapsed < self._ends_at:
-            return self._last
-        verdict = self._close_interval()
-        # Several boundaries may have passed since the last observation: they were one.
-        interval = self.settings.interval
-        self._ends_at = (math.floor(observation.elapsed / interval) + 1) * interval
-        if verdict.outcome == FAIL:
-            self._final = verdict
-        elif self._last.outcome == PASS and verdict.outcome != PASS:
-            verdict = Verdict(PASS, self._last.reason, verdict.figures)  # holds for the stage
-        self._last = verdict
-        return verdict
+    def _new_stage(self) -> None:
+        self._passed = 0  # a new weight: its intervals must pass again
+
+    def _check(self) -> Verdict:
+        return self._close_interval()
 
     def _close_interval(self) -> Verdict:
         s = self.settings
@@ -136,7 +107,8 @@ class ThresholdAnalysis:
         )
         canary_latencies = sorted(self._canary_latencies)
         baseline_latencies = sorted(self._baseline_latencies)
-        self._canary_latencies, self._baseline_latencies = [], []
+        self._canary_latencies.clear()
+        self._baseline_latencies.clear()
         self._intervals += 1
 
         c_rate = c_fail / c_req if c_req else 0.0
