@@ -889,14 +889,19 @@ def quick() -> str:
     return benchmark(runs=2, aa_runs=6, jobs=1)[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200, help="runs per bad-canary scenario")
+def run_arguments(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options every simulation benchmark takes: runs, A/A runs, processes, --quick."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=200, help="runs per bad-release scenario")
     parser.add_argument("--aa-runs", type=int, default=2000, help="A/A runs per request rate")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few runs, one process")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    args = run_arguments(__doc__.splitlines()[0], argv)
     if args.quick:
         print(quick())
         return 0

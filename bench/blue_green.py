@@ -42,9 +42,7 @@ The policies
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import random
 import statistics
 import sys
@@ -61,6 +59,7 @@ from bench.blast_radius import (
     binomial,
     latency_table,
     poisson,
+    run_arguments,
     run_work,
     split_work,
     window_p99,
@@ -318,12 +317,7 @@ def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200, help="runs per bad scenario")
-    parser.add_argument("--aa-runs", type=int, default=2000, help="A/A runs per request rate")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few runs, one process")
-    args = parser.parse_args(argv)
+    args = run_arguments(__doc__.splitlines()[0], argv)
     if args.quick:
         print(report(benchmark(runs=2, aa_runs=4, jobs=1)))
     else:
