@@ -411,6 +411,30 @@ def test_a_latency_regression_is_rolled_back() -> None:
     assert float(verdict.figures["canary_p50_ms"]) > 1.5 * float(verdict.figures["baseline_p50_ms"])
 
 
+def test_a_few_milliseconds_on_a_fast_service_are_no_regression() -> None:
+    """A 1 ms service whose canary takes 3 ms (whole milliseconds, as HAProxy logs them)
+    is three times slower but only 2 ms: under the 5 ms floor, no rollback. With no
+    floor the same data is a regression."""
+
+    def verdict(settings: SequentialSettings) -> Verdict:
+        rng, analysis = random.Random(13), SequentialJudge(settings).begin()
+        result = Verdict("continue", "")
+        for tick in range(1, 241):
+            canary = tuple(float(rng.choice((2, 3, 3, 4))) for _ in range(3))
+            baseline = tuple(float(rng.choice((0, 1, 1, 2))) for _ in range(12))
+            result = analysis.update(
+                Observation(
+                    tick * 0.25, Sample(tick * 10, 0, canary), Sample(tick * 90, 0, baseline)
+                )
+            )
+            if result.outcome == "fail":
+                break
+        return result
+
+    assert verdict(SequentialSettings()).outcome != "fail"
+    assert verdict(SequentialSettings(latency_floor_ms=0)).outcome == "fail"
+
+
 def test_a_regression_that_starts_late_is_caught_quickly() -> None:
     """After ten good minutes, a 5 % error rate is still rolled back on few failures."""
     analysis = SequentialJudge(SequentialSettings(min_requests=10**9)).begin()

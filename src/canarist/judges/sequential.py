@@ -53,12 +53,14 @@ Latency: a sequential rank test on contemporaneous pairs
     Each canary latency sample is compared with up to `baseline_per_canary` fresh
     baseline samples taken at about the same time; each sample is used once, so the
     comparisons are independent. If the canary is no slower than the baseline scaled by
-    1 + latency_tolerance, the number R of scaled baseline samples it exceeds is at most
-    uniform on 0..k (exactly uniform when the distributions match), whatever the latency
-    distribution. Against Lehmann alternatives (canary CDF = F^a, Lehmann 1953) R is
-    beta-binomial, and a mixture over a > 1 of those likelihood ratios is again a
-    supermartingale under the null. The pass side compares with the baseline scaled by
-    1 + latency_degradation and mixes over a < 1.
+    1 + latency_tolerance plus latency_floor_ms, the number R of those shifted baseline
+    samples it exceeds is at most uniform on 0..k, whatever the latency distribution.
+    Against Lehmann alternatives (canary CDF = F^a, Lehmann 1953) R is beta-binomial, and
+    a mixture over a > 1 of those likelihood ratios is again a supermartingale under the
+    null. The pass side compares with the baseline scaled by 1 + latency_degradation
+    (plus the floor) and mixes over a < 1. The floor keeps differences of a few
+    milliseconds, below what HAProxy's whole-millisecond logs resolve and what a freshly
+    started instance's first requests cost, from ever rolling a release back.
 
 When the split is not random: the canary alone, or only on request
     When the router gives the canary all the traffic (blue-green's warm period, a last
@@ -204,6 +206,8 @@ class SequentialSettings(JudgeSettings):
     """How much slower than the baseline the canary may be without a rollback (0.1 = 10 %)."""
     latency_degradation: float = Field(default=0.25, gt=0)
     """How much slower than the baseline a canary must not pass (0.25 = 25 %)."""
+    latency_floor_ms: float = Field(default=5.0, ge=0)
+    """Milliseconds of latency a canary may add on top of the tolerance without a rollback."""
     min_requests: int = Field(default=200, ge=1)
     """Canary requests before a pass is possible; below it the verdict is no_data."""
     baseline_per_canary: int = Field(default=4, ge=1, le=64)
@@ -689,6 +693,7 @@ class _LatencyTest:
         self.window = settings.pair_window
         self.fail_scale = 1 + settings.latency_tolerance
         self.pass_scale = 1 + settings.latency_degradation
+        self.floor = settings.latency_floor_ms
         self.fail = _Restarted(len(LATENCY_FAIL_GRID), alpha)
         self.pass_ = _Mixture(len(LATENCY_PASS_GRID))
         self._fail_table = _lehmann_table(self.k_max, LATENCY_FAIL_GRID)
@@ -737,7 +742,7 @@ class _LatencyTest:
             return
         fail_logs = [0.0] * len(LATENCY_FAIL_GRID)
         pass_logs = [0.0] * len(LATENCY_PASS_GRID)
-        fail_scale, pass_scale = self.fail_scale, self.pass_scale
+        fail_scale, pass_scale, floor = self.fail_scale, self.pass_scale, self.floor
         while pending_c and pending_b:
             # How many baseline samples each canary sample gets depends only on counts,
             # never on values, so the comparisons stay independent and exchangeable.
@@ -746,8 +751,8 @@ class _LatencyTest:
             beaten = passed = 0
             for _ in range(k):
                 other = pending_b.popleft()[1]
-                beaten += other * fail_scale < value  # a tie never counts towards a rollback
-                passed += other * pass_scale <= value  # nor towards a pass
+                beaten += other * fail_scale + floor < value  # a tie never counts to a rollback
+                passed += other * pass_scale + floor <= value  # nor towards a pass
             for i, row in enumerate(self._fail_table[k]):
                 fail_logs[i] += row[beaten]
             for i, row in enumerate(self._pass_table[k]):
