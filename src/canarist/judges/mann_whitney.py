@@ -96,9 +96,6 @@ class MannWhitneyAnalysis(IntervalAnalysis):
         self._clean = 0  # a new weight: it must come through clean tests again
 
     def _check(self) -> Verdict:
-        return self._evaluate()
-
-    def _evaluate(self) -> Verdict:
         s = self.settings
         self._evaluations += 1
         canary = sorted(self._canary_latencies)

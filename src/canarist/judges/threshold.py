@@ -92,9 +92,6 @@ class ThresholdAnalysis(IntervalAnalysis):
         self._passed = 0  # a new weight: its intervals must pass again
 
     def _check(self) -> Verdict:
-        return self._close_interval()
-
-    def _close_interval(self) -> Verdict:
         s = self.settings
         c_req0, c_fail0, b_req0, b_fail0 = self._interval_start
         c_req, c_fail = self._canary.requests - c_req0, self._canary.failures - c_fail0
