@@ -34,7 +34,7 @@ from canarist.aws.clients import aws_call
 from canarist.errors import ConfigError, RouterError
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
 from canarist.routers.by_release import ServiceBook
-from canarist.routers.weights import check_percents, percent_to_apigateway
+from canarist.routers.weights import percent_to_apigateway, primary_and_canary
 
 if TYPE_CHECKING:
     from boto3.session import Session
@@ -96,20 +96,13 @@ def check_deployment(release: str, deployment: str | None) -> str:
 
 def serving(table: RouteTable) -> list[tuple[str, int]]:
     """(deployment, percent) of each release taking traffic; ConfigError past one canary."""
-    percents = check_percents(table.weights)
-    out = [
-        (check_deployment(release, table.targets.get(release)), p)
-        for release, p in percents.items()
-        if p > 0
-    ]
-    if len(out) > 2:
-        raise ConfigError(
-            "an API Gateway stage routes to its deployment and one canary;"
-            f" the table sends traffic to {len(out)} releases"
-        )
-    if len({d for d, _ in out}) != len(out):
-        raise ConfigError(f"two releases share the API Gateway deployment {out[0][0]}")
-    return out
+    return primary_and_canary(
+        table.weights,
+        table.targets,
+        check_deployment,
+        "an API Gateway stage routes to its deployment and one canary",
+        "API Gateway deployment",
+    )
 
 
 def routing_for(shares: Sequence[tuple[str, int]], current: str | None) -> StageRouting:

@@ -34,7 +34,7 @@ from canarist.aws.clients import aws_call
 from canarist.errors import AWSError, ConfigError, RouterError
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
 from canarist.routers.by_release import ServiceBook
-from canarist.routers.weights import check_percents, percent_to_lambda
+from canarist.routers.weights import percent_to_lambda, primary_and_canary
 
 if TYPE_CHECKING:
     from boto3.session import Session
@@ -100,15 +100,6 @@ class _Alias:
     revision: str
 
 
-@dataclass(frozen=True)
-class Share:
-    """A release that takes traffic: its version and percent."""
-
-    release: str
-    version: str
-    percent: int
-
-
 def check_version(release: str, version: str | None) -> str:
     """`version`, or ConfigError unless it is a published version number."""
     if version is None or not _VERSION.match(version):
@@ -118,30 +109,26 @@ def check_version(release: str, version: str | None) -> str:
     return version
 
 
-def shares_of(table: RouteTable) -> list[Share]:
-    """The releases `table` sends traffic to; ConfigError if an alias cannot carry them."""
-    percents = check_percents(table.weights)
-    out = [
-        Share(release, check_version(release, table.targets.get(release)), p)
-        for release, p in percents.items()
-        if p > 0
-    ]
-    if len(out) > 2:
-        raise ConfigError(
-            "a Lambda alias routes to its version and at most one additional version;"
-            f" the table sends traffic to {len(out)} releases"
-        )
-    if len({s.version for s in out}) != len(out):
-        raise ConfigError(f"two releases share the Lambda version {out[0].version}")
-    return out
+def shares_of(table: RouteTable) -> list[tuple[str, int]]:
+    """(version, percent) of each release `table` sends traffic to; ConfigError if an alias
+    cannot carry them."""
+    return primary_and_canary(
+        table.weights,
+        table.targets,
+        check_version,
+        "a Lambda alias routes to its version and at most one additional version",
+        "Lambda version",
+    )
 
 
-def routing_for(shares: Sequence[Share], primary: str | None) -> AliasRouting:
+def routing_for(shares: Sequence[tuple[str, int]], primary: str | None) -> AliasRouting:
     """The alias routing for `shares`, keeping the alias's `primary` version when it is one."""
     if len(shares) == 1:
-        return AliasRouting(shares[0].version)
-    first, second = sorted(shares, key=lambda s: (s.version != primary, -s.percent, int(s.version)))
-    return AliasRouting(first.version, {second.version: percent_to_lambda(second.percent)})
+        return AliasRouting(shares[0][0])
+    (first, _), (second, percent) = sorted(
+        shares, key=lambda s: (s[0] != primary, -s[1], int(s[0]))
+    )
+    return AliasRouting(first, {second: percent_to_lambda(percent)})
 
 
 class LambdaAliasRouter:

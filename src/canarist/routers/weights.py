@@ -14,7 +14,7 @@ relied on the API to refuse them would pass its tests and fail in production.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TypeVar
 
 from canarist.errors import ConfigError
@@ -58,6 +58,25 @@ def check_percents(weights: Mapping[str, object]) -> dict[str, int]:
         listed = ", ".join(f"{r}: {p}" for r, p in percents.items())
         raise ConfigError(f"a route table's percents must sum to 100, got {total} ({listed})")
     return percents
+
+
+def primary_and_canary(
+    weights: Mapping[str, object],
+    targets: Mapping[str, str],
+    check: Callable[[str, str | None], str],
+    holder: str,
+    target: str,
+) -> list[tuple[str, int]]:
+    """(target, percent) of each release a table sends traffic to, its target checked by
+    `check(release, target)`. ConfigError past two releases (`holder` says what routes to a
+    primary and one other) or when two share a target (`target` names one)."""
+    percents = check_percents(weights)
+    out = [(check(release, targets.get(release)), p) for release, p in percents.items() if p > 0]
+    if len(out) > 2:
+        raise ConfigError(f"{holder}; the table sends traffic to {len(out)} releases")
+    if len({t for t, _ in out}) != len(out):
+        raise ConfigError(f"two releases share the {target} {out[0][0]}")
+    return out
 
 
 def check_route53_weight(weight: object) -> int:
