@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import zipfile
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 from canarist.errors import ConfigError
 from canarist.platforms.aws_lambda import LambdaPlatform
-from tests.aws.conftest import REGION
+from tests.aws.conftest import REGION, create_lambda
 
 pytestmark = pytest.mark.aws
 
@@ -41,28 +40,7 @@ def code_sha256(data: bytes) -> str:
 @pytest.fixture
 def function(aws: Any) -> str:
     """A function with a role Lambda can assume (moto checks that the role exists)."""
-    role = aws.client("iam").create_role(
-        RoleName="checkout-lambda",
-        AssumeRolePolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Service": "lambda.amazonaws.com"},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
-            }
-        ),
-    )["Role"]["Arn"]
-    aws.client("lambda").create_function(
-        FunctionName=FUNCTION,
-        Runtime="python3.11",
-        Role=role,
-        Handler="handler.main",
-        Code={"ZipFile": package("initial")},
-    )
+    create_lambda(aws, FUNCTION, package("initial"))
     return FUNCTION
 
 

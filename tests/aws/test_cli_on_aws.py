@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from canarist.platforms.aws_lambda import LambdaPlatform
-from tests.aws.conftest import REGION
+from tests.aws.conftest import REGION, create_lambda
 from tests.e2e.harness import Canarist
 
 pytestmark = [pytest.mark.aws, pytest.mark.e2e]
@@ -46,16 +46,7 @@ def package(body: str) -> bytes:
 @pytest.fixture
 def project(aws: Any, tmp_path: Path) -> Iterator[tuple[Canarist, dict[str, str]]]:
     """A project whose service runs on Lambda; two releases built and packaged in S3."""
-    role = aws.client("iam").create_role(
-        RoleName="checkout", AssumeRolePolicyDocument=json.dumps({"Statement": []})
-    )["Role"]["Arn"]
-    aws.client("lambda").create_function(
-        FunctionName="checkout",
-        Runtime="python3.11",
-        Role=role,
-        Handler="handler.main",
-        Code={"ZipFile": package("initial")},
-    )
+    create_lambda(aws, "checkout", package("initial"))
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="releases", CreateBucketConfiguration={"LocationConstraint": REGION})
     (tmp_path / "canarist.yaml").write_text(SPEC)

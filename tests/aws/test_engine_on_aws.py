@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from canarist.platforms.aws_lambda import LambdaPlatform
 from canarist.routers.lambda_alias import LambdaAliasRouter, LambdaAliasService, LambdaAliasSettings
 from canarist.store.sqlite import SQLiteStore
 from canarist.testing import FakeCatalog, FakeClock, FakePlatform, FakeRouter
-from tests.aws.conftest import REGION
+from tests.aws.conftest import REGION, create_lambda
 
 pytestmark = pytest.mark.aws
 
@@ -56,19 +55,7 @@ class AwsWorld:
         self.clock = FakeClock()
         self.catalog = FakeCatalog()
         self.refs = {name: self.catalog.add(name) for name in ("v1", "v2", "v3")}
-        iam = aws.client("iam")
-        role = iam.create_role(
-            RoleName="checkout-lambda",
-            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
-        )["Role"]["Arn"]
-        lam = aws.client("lambda")
-        lam.create_function(
-            FunctionName=FUNCTION,
-            Runtime="python3.11",
-            Role=role,
-            Handler="handler.main",
-            Code={"ZipFile": package("initial")},
-        )
+        create_lambda(aws, FUNCTION, package("initial"))
         s3 = aws.client("s3")
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         self.platform = LambdaPlatform(aws, FUNCTION, bucket=BUCKET, poll=0.01)

@@ -7,7 +7,6 @@ Docker to run it, and routing is all this router does.
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from typing import Any
 
@@ -20,6 +19,7 @@ from canarist.routers.lambda_alias import (
     LambdaAliasService,
     LambdaAliasSettings,
 )
+from tests.aws.conftest import create_lambda
 
 pytestmark = pytest.mark.aws
 
@@ -27,16 +27,6 @@ STABLE = "sha256:" + "1" * 64
 CANARY = "sha256:" + "2" * 64
 THIRD = "sha256:" + "3" * 64
 WEB = ServiceRoute("web", "127.0.0.1", 8080, 4, "/healthz")
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "lambda.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
 
 
 def code(body: str) -> bytes:
@@ -50,17 +40,8 @@ def code(body: str) -> bytes:
 @pytest.fixture
 def function(aws: Any) -> dict[str, str]:
     """The function `web` with versions 1 (stable) and 2 (canary) published: release -> version."""
-    role = aws.client("iam").create_role(
-        RoleName="web-fn", AssumeRolePolicyDocument=json.dumps(TRUST)
-    )["Role"]["Arn"]
+    create_lambda(aws, "web", code("def handler(event, context):\n    return 1\n"), "app.handler")
     lam = aws.client("lambda")
-    lam.create_function(
-        FunctionName="web",
-        Runtime="python3.11",
-        Role=role,
-        Handler="app.handler",
-        Code={"ZipFile": code("def handler(event, context):\n    return 1\n")},
-    )
     versions = {STABLE: lam.publish_version(FunctionName="web")["Version"]}
     lam.update_function_code(FunctionName="web", ZipFile=code("def handler(e, c):\n    return 2\n"))
     versions[CANARY] = lam.publish_version(FunctionName="web")["Version"]

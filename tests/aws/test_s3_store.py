@@ -11,7 +11,7 @@ from canarist.errors import TamperedRelease, UnknownRelease
 from canarist.releases.build import build_release
 from canarist.releases.s3 import S3ArtifactStore
 from canarist.releases.store import LocalArtifactStore
-from tests.aws.conftest import REGION
+from tests.aws.conftest import REGION, create_lambda
 from tests.releases.conftest import write_app
 
 pytestmark = pytest.mark.aws
@@ -161,7 +161,6 @@ def test_push_with_a_lambda_package(aws: Any, tmp_path: Path) -> None:
     the same bytes every time; the Lambda platform publishes a version from it."""
     import asyncio
     import io
-    import json
     import zipfile
 
     from canarist.platforms.aws_lambda import LambdaPlatform
@@ -188,14 +187,5 @@ def test_push_with_a_lambda_package(aws: Any, tmp_path: Path) -> None:
     cli("push", ref, "--bucket", "functions", "--lambda")
     again = s3.get_object(Bucket="functions", Key=platform.package_key(ref))["Body"].read()
     assert again == body  # reproducible
-    role = aws.client("iam").create_role(
-        RoleName="fn", AssumeRolePolicyDocument=json.dumps({"Statement": []})
-    )["Role"]["Arn"]
-    aws.client("lambda").create_function(
-        FunctionName="checkout",
-        Runtime="python3.11",
-        Role=role,
-        Handler="handler.main",
-        Code={"ZipFile": body},
-    )
+    create_lambda(aws, "checkout", body)
     assert asyncio.run(platform.prepare(ref)) == "1"
