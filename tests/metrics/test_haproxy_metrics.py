@@ -11,12 +11,8 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -32,8 +28,9 @@ from canarist.metrics.haproxy import (
     failure_tally,
     log_target,
 )
-from canarist.routers.base import Member, ReleaseCounters, RouteTable, ServiceRoute
+from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
 from canarist.routers.haproxy import HAProxyRouter
+from tests.backends import Backend, backend_processes, short_state_dir
 
 needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
 
@@ -303,48 +300,24 @@ async def test_the_log_socket_is_owned_and_removed(tmp_path: Path) -> None:
 # -- against a real HAProxy ------------------------------------------------------------
 
 
-@dataclass
-class Backend:
-    name: str
-    port: int
-    proc: subprocess.Popen[str]
-
-    def member(self, release: str) -> Member:
-        return Member(self.name, release, "127.0.0.1", self.port)
-
-
 StartBackend = Callable[..., Backend]
 
 
 @pytest.fixture
 def backend() -> Iterator[StartBackend]:
     """Starts backend processes; every one is killed at teardown."""
-    started: list[subprocess.Popen[str]] = []
+    with backend_processes(BACKEND) as start:
 
-    def start(name: str, *, delay: float = 0.0, fail_every: int = 0) -> Backend:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BACKEND, name, str(delay), str(fail_every)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        started.append(proc)
-        assert proc.stdout is not None
-        return Backend(name, int(proc.stdout.readline()), proc)
+        def one(name: str, *, delay: float = 0.0, fail_every: int = 0) -> Backend:
+            return start((name, str(delay), str(fail_every)))[0]
 
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        yield one
 
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="cnr-mx-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_state_dir("cnr-mx-") as path:
+        yield path
 
 
 @pytest.fixture

@@ -9,12 +9,8 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -30,6 +26,7 @@ from canarist.routers.haproxy_runtime import (
     set_health,
     set_state,
 )
+from tests.backends import Backend, backend_processes, short_state_dir
 
 pytestmark = [
     pytest.mark.haproxy,
@@ -83,54 +80,21 @@ asyncio.run(main())
 CANARY = "X-Canarist-Canary"
 
 
-@dataclass
-class Backend:
-    name: str
-    port: int
-    proc: subprocess.Popen[str]
-
-    def member(self, release: str, state: str = "active") -> Member:
-        assert state in ("active", "draining")
-        return Member(self.name, release, "127.0.0.1", self.port, state)  # type: ignore[arg-type]
-
-
 StartBackends = Callable[..., list[Backend]]
 
 
 @pytest.fixture
 def backends() -> Iterator[StartBackends]:
     """Starts named backend processes; every one is killed at teardown."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(*names: str) -> list[Backend]:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", BACKEND, name], stdout=subprocess.PIPE, text=True
-            )
-            for name in names
-        ]
-        started.extend(procs)
-        result = []
-        for name, proc in zip(names, procs, strict=True):
-            assert proc.stdout is not None
-            result.append(Backend(name, int(proc.stdout.readline()), proc))
-        return result
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with backend_processes(BACKEND) as start:
+        yield lambda *names: start(*[(name,) for name in names])
 
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     """A short, unique state dir (the admin socket path must stay short)."""
-    path = Path(tempfile.mkdtemp(prefix="cnr-hx-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_state_dir("cnr-hx-") as path:
+        yield path
 
 
 @pytest.fixture
