@@ -377,11 +377,8 @@ class Engine:
                 # canary is judged on its own against the baseline's recent rate, asked
                 # once per such stretch (it may be a remote query).
                 watch.on_its_own = share
-                watch.baseline_recent = await self._recent(rollout.service, rollout.previous)
-                watch.baseline_recent_ms = (
-                    await self._recent_latencies(rollout.service, rollout.previous)
-                    if share == 1.0
-                    else ()
+                watch.baseline_recent, watch.baseline_recent_ms = await self._history(
+                    rollout.service, rollout.previous, latencies=share == 1.0
                 )
             watch.observe(
                 svc.analysis,
@@ -413,28 +410,22 @@ class Engine:
             reason = await self._alarm_reason(rollout.service, svc.analysis.alarms)
         return reason
 
-    async def _recent(self, service: str, release: str | None) -> tuple[int, int] | None:
-        """A release's counts over the metrics provider's last REFERENCE_SECONDS, if it
-        keeps them (None otherwise, or when it cannot say)."""
+    async def _history(
+        self, service: str, release: str | None, *, latencies: bool
+    ) -> tuple[tuple[int, int] | None, tuple[float, ...]]:
+        """A release's counts over the metrics provider's last REFERENCE_SECONDS and, if
+        asked, its latest latencies, when the provider keeps them (None and () when it
+        does not, or cannot say)."""
         metrics = self._metrics(service)
         if release is None or not isinstance(metrics, KeepsHistory):
-            return None
+            return None, ()
         try:
-            return await metrics.recent(service, release, REFERENCE_SECONDS)
+            counts = await metrics.recent(service, release, REFERENCE_SECONDS)
+            recent_ms = await metrics.recent_latencies(service, release) if latencies else ()
         except DriverError as exc:
             log.warning("%s: metrics history: %s", service, exc)
-            return None
-
-    async def _recent_latencies(self, service: str, release: str | None) -> tuple[float, ...]:
-        """A release's latest latencies from the metrics provider, if it keeps them."""
-        metrics = self._metrics(service)
-        if release is None or not isinstance(metrics, KeepsHistory):
-            return ()
-        try:
-            return await metrics.recent_latencies(service, release)
-        except DriverError as exc:
-            log.warning("%s: metrics history: %s", service, exc)
-            return ()
+            return None, ()
+        return counts, recent_ms
 
     async def _alarm_reason(self, service: str, names: Sequence[str]) -> str | None:
         """A reason when any of the named alarms is in ALARM (needs an alarm source)."""
