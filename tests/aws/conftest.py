@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,3 +106,17 @@ def create_lambda(aws: Any, name: str, zipped: bytes, handler: str = "handler.ma
         Handler=handler,
         Code={"ZipFile": zipped},
     )
+
+
+def lambda_zip(source: str, module: str = "handler.py") -> bytes:
+    """A deployment package holding one module, the same bytes every time (a fixed
+    timestamp), so that its sha256 can be compared with what Lambda reports."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(zipfile.ZipInfo(module, date_time=(2026, 1, 1, 0, 0, 0)), source)
+    return buffer.getvalue()
+
+
+def package(body: str) -> bytes:
+    """A package whose handler.main returns `body`."""
+    return lambda_zip(f"def main(event, context):\n    return {body!r}\n")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import zipfile
 from typing import Any
 
 import boto3
@@ -16,21 +14,13 @@ import pytest
 
 from canarist.errors import ConfigError
 from canarist.platforms.aws_lambda import LambdaPlatform
-from tests.aws.conftest import REGION, create_lambda
+from tests.aws.conftest import REGION, create_lambda, package
 
 pytestmark = pytest.mark.aws
 
 FUNCTION = "checkout"
 V1 = "sha256:" + "1" * 64
 V2 = "sha256:" + "2" * 64
-
-
-def package(body: str) -> bytes:
-    """A deployment package with one handler module."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("handler.py", f"def main(event, context):\n    return {body!r}\n")
-    return buffer.getvalue()
 
 
 def code_sha256(data: bytes) -> str:

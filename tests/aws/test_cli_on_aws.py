@@ -3,9 +3,7 @@ Lambda alias, through the real controller process, against moto's server over HT
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 
 from canarist.platforms.aws_lambda import LambdaPlatform
-from tests.aws.conftest import REGION, create_lambda
+from tests.aws.conftest import REGION, create_lambda, package
 from tests.e2e.harness import Canarist
 
 pytestmark = [pytest.mark.aws, pytest.mark.e2e]
@@ -34,13 +32,6 @@ services:
       lambda: {function_name: checkout, bucket: releases}
       lambda_alias: {function_name: checkout, alias: live}
 """
-
-
-def package(body: str) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("handler.py", f"def main(event, context):\n    return {body!r}\n")
-    return buffer.getvalue()
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ moto's server. After every step the alias is read back through boto3.
 from __future__ import annotations
 
 import asyncio
-import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from canarist.platforms.aws_lambda import LambdaPlatform
 from canarist.routers.lambda_alias import LambdaAliasRouter, LambdaAliasService, LambdaAliasSettings
 from canarist.store.sqlite import SQLiteStore
 from canarist.testing import FakeCatalog, FakeClock, FakePlatform, FakeRouter
-from tests.aws.conftest import REGION, create_lambda
+from tests.aws.conftest import REGION, create_lambda, package
 
 pytestmark = pytest.mark.aws
 
@@ -38,13 +36,6 @@ services:
       scale_down_delay: 0s
     analysis: {judge: none}
 """
-
-
-def package(body: str) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("handler.py", f"def main(event, context):\n    return {body!r}\n")
-    return buffer.getvalue()
 
 
 class AwsWorld:

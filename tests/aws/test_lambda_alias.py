@@ -6,8 +6,6 @@ Docker to run it, and routing is all this router does.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from canarist.routers.lambda_alias import (
     LambdaAliasService,
     LambdaAliasSettings,
 )
-from tests.aws.conftest import create_lambda
+from tests.aws.conftest import create_lambda, lambda_zip
 
 pytestmark = pytest.mark.aws
 
@@ -29,21 +27,20 @@ THIRD = "sha256:" + "3" * 64
 WEB = ServiceRoute("web", "127.0.0.1", 8080, 4, "/healthz")
 
 
-def code(body: str) -> bytes:
-    """A zip holding app.py with `body`."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("app.py", body)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def function(aws: Any) -> dict[str, str]:
     """The function `web` with versions 1 (stable) and 2 (canary) published: release -> version."""
-    create_lambda(aws, "web", code("def handler(event, context):\n    return 1\n"), "app.handler")
+    create_lambda(
+        aws,
+        "web",
+        lambda_zip("def handler(event, context):\n    return 1\n", "app.py"),
+        "app.handler",
+    )
     lam = aws.client("lambda")
     versions = {STABLE: lam.publish_version(FunctionName="web")["Version"]}
-    lam.update_function_code(FunctionName="web", ZipFile=code("def handler(e, c):\n    return 2\n"))
+    lam.update_function_code(
+        FunctionName="web", ZipFile=lambda_zip("def handler(e, c):\n    return 2\n", "app.py")
+    )
     versions[CANARY] = lam.publish_version(FunctionName="web")["Version"]
     assert versions == {STABLE: "1", CANARY: "2"}
     return versions
