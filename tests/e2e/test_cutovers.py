@@ -79,7 +79,10 @@ def test_first_deploy_serves_v1(project: tuple[Canarist, dict[str, str]]) -> Non
     cli, refs = project
     result = cli("deploy", "web", refs["1"], "--wait")
     assert result.code == 0
+    assert "[progressing] step 1/" in result.stdout  # the live lines say where it stands
+    assert "rollout 1 promoted" in result.stdout
     status = cli.wait_for(no_rollout, what="v1 stable")
+    assert "web  [stable]  http://127.0.0.1:" in cli("status", "web").stdout
     assert status["stable"] == refs["1"]
     assert status["weights"] == {refs["1"]: 100}
     assert set(status) >= {

@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from canarist.errors import BadInput, CanaristError
@@ -236,7 +237,7 @@ def deploy(
     if as_json:
         print(json.dumps(final, indent=2))
     else:
-        out.print(f"rollout {final['id']} {final['phase']}: {final['reason']}")
+        out.print(f"rollout {final['id']} {final['phase']}: {final['reason']}", markup=False)
     code = final.get("exit_code")
     raise typer.Exit(1 if code is None else code)
 
@@ -269,7 +270,7 @@ def _follow(
             rollout, status = poll()
             line = _progress_line(status, rollout)
             if line != last and not quiet:
-                out.print(line, highlight=False)
+                out.print(line, markup=False, highlight=False)
                 last = line
             if rollout["ended_at"] is not None:
                 return rollout
@@ -293,7 +294,15 @@ def _progress_line(status: dict[str, Any], rollout: dict[str, Any]) -> str:
     )
     left = step.get("remaining")
     timer = f" ({left:.0f}s left)" if left else ""
-    return f"[{status['phase']}] {where}{timer}  weights {weights}"
+    return f"[{status['phase']}] {where}{timer}{_waiting(status)}  weights {weights}"
+
+
+def _waiting(status: dict[str, Any]) -> str:
+    """What a paused rollout waits for, unless its step already says it."""
+    step = status.get("step") or {}
+    if status["phase"] != "paused" or "promote" in step.get("description", ""):
+        return ""
+    return f" (paused: canarist promote {status['service']} to go on)"
 
 
 @app.command()
@@ -348,14 +357,19 @@ def status(
 def render_status(item: dict[str, Any]) -> Table:
     """A rich table of one service's status."""
     step = item.get("step")
-    title = f"{item['service']}  [{item['phase']}]  {item['endpoint']}"
+    title = escape(f"{item['service']}  [{item['phase']}]  {item['endpoint']}")
     if step:
         left = step.get("remaining")
         timer = f", {left:.0f}s left" if left is not None else ""
-        title += f"\nstep {step['index'] + 1}/{step['total']}: {step['description']}{timer}"
+        title += escape(
+            f"\nstep {step['index'] + 1}/{step['total']}: {step['description']}{timer}"
+            f"{_waiting(item)}"
+        )
     analysis = item.get("analysis") or {}
     if analysis.get("verdict"):
-        title += f"\nanalysis ({analysis['judge']}): {analysis['verdict']} — {analysis['reason']}"
+        title += escape(
+            f"\nanalysis ({analysis['judge']}): {analysis['verdict']} — {analysis['reason']}"
+        )
     table = Table("release", "role", "weight", "instances", "requests", "failed", title=title)
     releases = {r for r in (item["stable"], item["canary"]) if r} | set(item["weights"])
     releases |= {i["release"] for i in item["instances"]}

@@ -1,0 +1,56 @@
+"""What `status` and `deploy --wait` print for people: every word of the state shows."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+
+from canarist.cli.main import render_status
+
+STABLE = "sha256:" + "a" * 64
+CANARY = "sha256:" + "b" * 64
+
+
+def paused_status() -> dict[str, Any]:
+    return {
+        "service": "hello",
+        "phase": "paused",
+        "stable": STABLE,
+        "canary": CANARY,
+        "weights": {STABLE: 90, CANARY: 10},
+        "step": {
+            "index": 2,
+            "total": 5,
+            "kind": "analyze",
+            "description": "analyze up to 3s",
+            "remaining": None,
+        },
+        "analysis": {
+            "judge": "sequential",
+            "verdict": "no_data",
+            "reason": "not enough data [0 of 200]",
+        },
+        "endpoint": "http://127.0.0.1:8080/",
+        "instances": [
+            {"id": "i1", "release": STABLE, "state": "running"},
+            {"id": "i2", "release": CANARY, "state": "running"},
+        ],
+        "counters": {STABLE: {"requests": 12, "failures": 1}},
+    }
+
+
+def printed(renderable: object) -> str:
+    console = Console(width=200, file=io.StringIO())
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_status_shows_the_phase_and_the_reason_word_for_word() -> None:
+    """Bracketed words are text, not styles: a paused rollout says it is paused."""
+    text = printed(render_status(paused_status()))
+    assert "hello  [paused]  http://127.0.0.1:8080/" in text
+    assert "step 3/5: analyze up to 3s (paused: canarist promote hello to go on)" in text
+    assert "no_data — not enough data [0 of 200]" in text
+    assert "stable" in text and "canary" in text
