@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from canarist.cli.main import render_status
+from canarist.cli.main import _evidence, render_status
 
 STABLE = "sha256:" + "a" * 64
 CANARY = "sha256:" + "b" * 64
@@ -54,3 +54,30 @@ def test_status_shows_the_phase_and_the_reason_word_for_word() -> None:
     assert "step 3/5: analyze up to 3s (paused: canarist promote hello to go on)" in text
     assert "no_data — not enough data [0 of 200]" in text
     assert "stable" in text and "canary" in text
+
+
+def test_history_shows_the_figures_behind_the_last_verdict() -> None:
+    events = [
+        {"kind": "rollout.started", "detail": {}},
+        {"kind": "analysis.verdict", "detail": {"verdict": "no_data", "figures": {}}},
+        {
+            "kind": "analysis.verdict",
+            "detail": {
+                "verdict": "fail",
+                "figures": {
+                    "canary_requests": 100,
+                    "canary_failures": 6,
+                    "canary_p50_ms": 61.5,
+                    "canary_p99_ms": 190.0,
+                    "baseline_requests": 900,
+                    "baseline_failures": 5,
+                },
+            },
+        },
+    ]
+    assert _evidence(events) == (
+        "fail: canary 100 requests, 6 failed (6.00%), p50 61.5 ms p99 190 ms"
+        " | baseline 900 requests, 5 failed (0.56%)"
+    )
+    assert _evidence(events[:2]) == ""
+    assert _evidence([]) == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -119,6 +120,10 @@ def test_a_bad_release_is_rolled_back_on_little_damage(
     assert status["stable"] == refs["v1"] and status["weights"] == {refs["v1"]: 100}
     assert status["analysis"]["verdict"] == "fail"
     assert status["analysis"]["figures"]
+    # People read the same evidence: the reason and the figures behind the fail verdict.
+    shown = cli("history", "web").stdout.split("#")[1]
+    assert "rolled_back" in shown and "canary fails more than baseline" in shown
+    assert re.search(r"fail: canary \d+ requests, \d+ failed \(\d+\.\d\d%\)", shown)
 
 
 def test_a_healthy_release_with_the_same_noise_is_promoted(

@@ -461,6 +461,36 @@ def history(
         )
         if r["reason"]:
             out.print(f"    {r['reason']}", markup=False, highlight=False)
+        evidence = _evidence(r.get("events") or [])
+        if evidence:
+            out.print(f"    {evidence}", markup=False, highlight=False)
+
+
+def _evidence(events: list[dict[str, Any]]) -> str:
+    """The figures behind a rollout's last verdict, canary against baseline, in one line."""
+    verdicts = [e["detail"] for e in events if e["kind"] == "analysis.verdict"]
+    if not verdicts:
+        return ""
+    last = verdicts[-1]
+    figures = last.get("figures") or {}
+
+    def side(name: str) -> str:
+        requests = figures.get(f"{name}_requests")
+        if requests is None:
+            return ""
+        failures = figures.get(f"{name}_failures", 0)
+        text = f"{name} {requests} requests, {failures} failed"
+        if requests:
+            text += f" ({100 * failures / requests:.2f}%)"
+        quantiles = [
+            f"p{q} {figures[f'{name}_p{q}_ms']:g} ms"
+            for q in (50, 99)
+            if figures.get(f"{name}_p{q}_ms") is not None
+        ]
+        return text + (", " + " ".join(quantiles) if quantiles else "")
+
+    sides = [s for s in (side("canary"), side("baseline")) if s]
+    return f"{last.get('verdict', '?')}: " + " | ".join(sides) if sides else ""
 
 
 @app.command()
