@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,3 +191,70 @@ def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
     history = json.loads(cli("history", "web", "--json").stdout)[0]
     assert "slower than baseline before it took all traffic" in history["reason"]
     assert cli.status()["stable"] == stable
+
+
+def test_crashes_of_haproxy_and_the_controller_do_not_fool_the_judge(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """HAProxy killed mid-canary (its counters start again from zero), then the controller
+    killed and started again: a healthy canary is judged on through both, and promoted."""
+    cli, _ = project
+    app = write_app(cli.root / "good-again", version="5", error_rate=0.005, delay_ms=0.0)
+    ref = cli("build", str(app)).stdout.strip().splitlines()[-1]
+
+    def canary_requests(status: dict[str, Any]) -> int:
+        figures = (status.get("analysis") or {}).get("figures") or {}
+        return int(figures.get("canary_requests", 0))
+
+    with Load(cli.url, rate=RATE, connections=12) as load:
+        time.sleep(1.0)
+        rollout_id = json.loads(cli("deploy", "web", ref, "--json").stdout)["id"]
+        before = cli.wait_for(
+            lambda s: s["canary"] == ref and canary_requests(s) >= 60, what="canary traffic"
+        )
+        pidfile = cli.root / ".canarist" / "haproxy" / "haproxy.pid"
+        old_haproxy = int(pidfile.read_text())
+        os.kill(old_haproxy, signal.SIGKILL)
+        wait_until(lambda: _pid_in(pidfile) not in (None, old_haproxy), "HAProxy restarted")
+        time.sleep(1.0)  # counted by the new HAProxy from zero
+        controller = cli.controller_pid()
+        os.kill(controller, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{controller}").exists(), "controller gone")
+        cli("up")
+        rollout = wait_until(lambda: _ended(cli, rollout_id), "rollout ended", timeout=120)
+    print(
+        f"crashes mid-canary: {rollout['phase']}; canary requests judged: {canary_requests(before)}"
+        f" before, {_last_figures(rollout).get('canary_requests')} at the end;"
+        f" failures by version {dict(load.report.failed_by_version)}"
+    )
+    assert rollout["phase"] == "promoted", rollout["reason"]
+    assert cli.status()["stable"] == ref
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _ended(cli: Canarist, rollout_id: int) -> dict[str, Any] | None:
+    for rollout in json.loads(cli("history", "web", "--json").stdout):
+        if rollout["id"] == rollout_id and rollout["ended_at"] is not None:
+            return dict(rollout)
+    return None
+
+
+def _last_figures(rollout: dict[str, Any]) -> dict[str, Any]:
+    verdicts = [e["detail"] for e in rollout["events"] if e["kind"] == "analysis.verdict"]
+    return dict(verdicts[-1].get("figures") or {})
