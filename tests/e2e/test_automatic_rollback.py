@@ -86,6 +86,10 @@ def deploy_under_load(
     took = time.monotonic() - started
     time.sleep(0.5)
     load.stop()
+    # The last lines say how it ended and on what figures.
+    assert re.search(
+        r"(pass|fail|continue|no_data): canary \d+ requests", proc.stdout.splitlines()[-1]
+    )
     return proc.returncode, took, load
 
 

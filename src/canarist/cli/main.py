@@ -238,6 +238,9 @@ def deploy(
         print(json.dumps(final, indent=2))
     else:
         out.print(f"rollout {final['id']} {final['phase']}: {final['reason']}", markup=False)
+        evidence = _evidence(final.get("events") or [])
+        if evidence:
+            out.print(f"  {evidence}", markup=False, highlight=False)
     code = final.get("exit_code")
     raise typer.Exit(1 if code is None else code)
 

@@ -945,20 +945,20 @@ class Engine:
     def history(self, service: str, limit: int = 50) -> list[dict[str, Any]]:
         """Past and current rollouts of a service, newest first."""
         self.spec.service(service)
-        out = []
-        for rollout in self.store.rollouts(service, limit):
-            item = _rollout_json(rollout)
-            item["events"] = [
-                {"at": e.at, "kind": e.kind, "detail": e.detail}
-                for e in self.store.events(service, rollout.id)
-            ]
-            out.append(item)
-        return out
+        return [self._with_events(r) for r in self.store.rollouts(service, limit)]
 
     def rollout(self, rollout_id: int) -> dict[str, Any] | None:
-        """One rollout by id, for `deploy --wait`."""
+        """One rollout by id with its events, as `history` gives it, for `deploy --wait`."""
         rollout = self.store.rollout(rollout_id)
-        return None if rollout is None else _rollout_json(rollout)
+        return None if rollout is None else self._with_events(rollout)
+
+    def _with_events(self, rollout: Rollout) -> dict[str, Any]:
+        item = _rollout_json(rollout)
+        item["events"] = [
+            {"at": e.at, "kind": e.kind, "detail": e.detail}
+            for e in self.store.events(rollout.service, rollout.id)
+        ]
+        return item
 
 
 def _weights(canary: str, stable: str | None, percent: int) -> dict[str, int]:
