@@ -163,7 +163,8 @@ class FakeMetrics:
     """Counts a test sets by hand, per release; `reset` starts them again from zero."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, dict[str, tuple[int, int]]] = {}  # service -> release -> (n, f)
+        # service -> release -> (requests, failures, requested, requested failures)
+        self.counts: dict[str, dict[str, tuple[int, int, int, int]]] = {}
         self.latencies: dict[str, dict[str, list[float]]] = {}
         self.resets: list[str] = []
         # (service, release) -> every (requests, failures) added, for `recent`.
@@ -178,11 +179,18 @@ class FakeMetrics:
         requests: int,
         failures: int = 0,
         latencies_ms: tuple[float, ...] = (),
+        *,
+        requested: bool = False,
     ) -> None:
-        """More requests (and failures, and fresh latencies) for a release."""
-        n, f = self.counts.setdefault(service, {}).get(release, (0, 0))
-        self.counts[service][release] = (n + requests, f + failures)
+        """More requests (and failures, and fresh latencies) for a release; `requested`:
+        sent by clients with the canary header (their latencies are not sampled)."""
+        n, f, rn, rf = self.counts.setdefault(service, {}).get(release, (0, 0, 0, 0))
+        if requested:
+            rn, rf = rn + requests, rf + failures
+        self.counts[service][release] = (n + requests, f + failures, rn, rf)
         self.added.setdefault((service, release), []).append((requests, failures))
+        if requested:
+            return
         self.latency_log.setdefault((service, release), []).extend(latencies_ms)
         self.latencies.setdefault(service, {}).setdefault(release, []).extend(latencies_ms)
 
@@ -197,9 +205,9 @@ class FakeMetrics:
         fresh = self.latencies.pop(service, {})
         return {
             release: ReleaseWindow(
-                n, f, tuple(fresh.get(release, ())), len(fresh.get(release, ())), 1.0
+                n, f, tuple(fresh.get(release, ())), len(fresh.get(release, ())), 1.0, rn, rf
             )
-            for release, (n, f) in self.counts.get(service, {}).items()
+            for release, (n, f, rn, rf) in self.counts.get(service, {}).items()
         }
 
     async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:

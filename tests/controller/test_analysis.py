@@ -310,7 +310,7 @@ async def test_a_release_failing_its_testers_in_preview_is_rolled_back_before_th
         failures = sum(rng.random() < 0.005 for _ in range(25))
         world.metrics.add("web", world.v1, 25, failures)
         if rng.random() < 0.5:
-            world.metrics.add("web", world.v2, 1, int(rng.random() < 0.33))
+            world.metrics.add("web", world.v2, 1, int(rng.random() < 0.33), requested=True)
         await world.settle(1, step=0.25)
         if world.status()["phase"] != "progressing":
             break
@@ -318,6 +318,31 @@ async def test_a_release_failing_its_testers_in_preview_is_rolled_back_before_th
     assert history["phase"] == "rolled_back", history["reason"]
     assert "asked for it" in history["reason"]
     assert all(weights.get(world.v2, 0) == 0 for _, weights in world.router.history)
+
+
+@pytest.mark.parametrize("told_apart", [True, False])
+async def test_testers_requests_beside_the_split_are_no_evidence(
+    tmp_path: Path, told_apart: bool
+) -> None:
+    """At 20 %, testers also send the canary their own requests with the canary header, and
+    a third of those fail (they try what breaks); the traffic the split sends it is as
+    healthy as stable's. Told apart by the provider, the testers' requests are left out of
+    the comparison and the canary is promoted; lumped in (a provider that cannot tell),
+    they would roll it back."""
+    world = world_with(tmp_path)
+    await start_canary(world)
+    rng = random.Random(12)
+    for _ in range(400):
+        for release, percent in world.status()["weights"].items():
+            n = round(400 * 0.25 * percent / 100)
+            world.metrics.add("web", release, n, sum(rng.random() < 0.005 for _ in range(n)))
+        if world.status()["canary"] == world.v2 and rng.random() < 0.5:
+            world.metrics.add("web", world.v2, 1, int(rng.random() < 0.33), requested=told_apart)
+        await world.settle(1, step=0.25)
+        if world.engine.history("web")[0]["phase"] != "progressing":
+            break
+    history = world.engine.history("web")[0]
+    assert history["phase"] == ("promoted" if told_apart else "rolled_back"), history["reason"]
 
 
 async def test_a_canary_that_passed_one_stage_is_still_rolled_back_at_the_next(

@@ -213,7 +213,8 @@ async def test_logged_latencies_are_handed_out_once_per_release(
     metrics, router = scripted
     lines = [
         log_line("be_web", "s0", 200, 5),
-        log_line("be_web_canary", "s1", 200, 40),
+        log_line("be_web", "s1", 200, 40),
+        log_line("be_web_canary", "s1", 200, 99),  # asked for by the canary header: no sample
         log_line("be_web", "s1", 500, 1),  # a failure: no latency
         log_line("be_web", "s1", 200, 0, term="SD--"),  # cut short: no latency
         log_line("be_other", "s0", 200, 3),  # not a routed service
@@ -352,7 +353,9 @@ def service(name: str = "web", slots: int = 4) -> ServiceRoute:
 Seen = collections.Counter[tuple[str, int]]
 
 
-async def send(route: ServiceRoute, n: int, *, workers: int = 8) -> Seen:
+async def send(
+    route: ServiceRoute, n: int, *, workers: int = 8, headers: dict[str, str] | None = None
+) -> Seen:
     """Send n requests; count the answers by (answering backend, status)."""
     seen: Seen = collections.Counter()
     queue = iter(range(n))
@@ -360,7 +363,7 @@ async def send(route: ServiceRoute, n: int, *, workers: int = 8) -> Seen:
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for _ in queue:
-            async with session.get(url) as resp:
+            async with session.get(url, headers=headers) as resp:
                 body = await resp.text()
                 seen[(body if resp.status < 502 else "haproxy", resp.status)] += 1
 
@@ -426,6 +429,44 @@ async def test_outcomes_and_latencies_per_release(
     assert statistics.median(got["B"]) >= 60
     assert statistics.median(got["A"]) < 30
     assert metrics.stats.malformed == 0 and metrics.stats.unattributed == 0
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_requests_that_ask_for_the_canary_are_told_apart(
+    router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend
+) -> None:
+    """What clients send to the canary with the canary header is counted in its figures,
+    and as requested; it is not part of its latency sample (no random sample of traffic)."""
+    stable = backend("a1")
+    canary = backend("b1", fail_every=4)
+    route = service()
+    await router.ensure([route])
+    await router.apply(
+        route.name,
+        RouteTable((stable.member("A"), canary.member("B")), {"A": 50, "B": 50}, canary="B"),
+    )
+
+    split = await send(route, 80)
+    asked = await send(route, 40, headers={route.canary_header: "1"})
+    _, counted = await latencies(metrics, route.name, {"B": split[("b1", 200)]})
+    await asyncio.sleep(0.3)  # the header's log lines too
+    await metrics.poll()
+    windows = await metrics.snapshot(route.name)
+
+    assert answered(asked, "b1") == 40 and asked[("b1", 500)] > 0
+    b = windows["B"]
+    assert (b.requests, b.failures) == (
+        answered(split, "b1") + 40,
+        split[("b1", 500)] + asked[("b1", 500)],
+    )
+    assert (b.requested, b.requested_failures) == (40, asked[("b1", 500)])
+    assert (b.by_split().requests, b.by_split().failures) == (
+        answered(split, "b1"),
+        split[("b1", 500)],
+    )
+    assert metrics.stats.unattributed == 0
+    assert counted["B"] + b.latency_count == split[("b1", 200)]  # the split's alone
 
 
 @needs_haproxy

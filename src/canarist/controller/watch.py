@@ -58,6 +58,10 @@ class Watch:
     _recent_ms_unstored: tuple[float, ...] = ()
     # Latencies judged since the last stored row, to be stored with the next one.
     unstored: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    # The canary's requests and failures sent by the canary header: as last seen in the
+    # window, and those left out of the judged counts (while the split was random).
+    _requested_seen: tuple[int, int] = (0, 0)
+    _left_out: tuple[int, int] = (0, 0)
 
     @classmethod
     def begin(cls, spec: AnalysisSpec, rollout_id: int, now: float) -> Watch:
@@ -100,11 +104,12 @@ class Watch:
             self._recent_ms_seen = baseline_recent_ms  # stored once, with the next row
             self._recent_ms_unstored = baseline_recent_ms
         c, b = _sample(canary), _sample(baseline)
-        o = self.offset
+        self._leave_out_requested(canary, canary_weight)
+        o, left_out = self.offset, self._left_out
         row = ObservationRow(
             now,
-            o.canary_requests + c.requests,
-            o.canary_failures + c.failures,
+            o.canary_requests + c.requests - left_out[0],
+            o.canary_failures + c.failures - left_out[1],
             o.baseline_requests + b.requests,
             o.baseline_failures + b.failures,
             canary_weight=canary_weight,
@@ -114,6 +119,17 @@ class Watch:
         self.unstored[0].extend(c.latencies_ms)
         self.unstored[1].extend(b.latencies_ms)
         return self._judge(row, c.latencies_ms, b.latencies_ms)
+
+    def _leave_out_requested(self, canary: ReleaseWindow | None, weight: float | None) -> None:
+        """While the canary shares traffic with the baseline, the requests that clients
+        sent it with the canary header are no random sample of the traffic (testers try
+        what they like): they are left out of the comparison. With the canary alone, or
+        on nothing but such requests, they are what there is to judge."""
+        seen = (canary.requested, canary.requested_failures) if canary else (0, 0)
+        new = (seen[0] - self._requested_seen[0], seen[1] - self._requested_seen[1])
+        self._requested_seen = seen
+        if weight not in (0.0, 1.0) and min(new) >= 0:
+            self._left_out = (self._left_out[0] + new[0], self._left_out[1] + new[1])
 
     def _judge(
         self, row: ObservationRow, canary_ms: tuple[float, ...], baseline_ms: tuple[float, ...]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 
@@ -20,10 +20,26 @@ class ReleaseWindow:
     # connection error, a timeout, a response cut short.
     failures: int
     # A uniform sample, bounded however high the traffic, of the latencies (milliseconds)
-    # of successful requests logged since the previous snapshot; in no particular order.
+    # of successful requests the traffic split sent (not those clients asked for) logged
+    # since the previous snapshot; in no particular order.
     latencies_ms: tuple[float, ...]
     latency_count: int  # how many latencies that sample was drawn from
     at: float  # time.monotonic() when the counts were read from the data plane (0: never)
+    # Of `requests` and `failures`, those clients sent to the release themselves (the
+    # canary header), not the traffic split: testers' requests, no random sample. 0 from
+    # a provider that cannot tell.
+    requested: int = 0
+    requested_failures: int = 0
+
+    def by_split(self) -> ReleaseWindow:
+        """The window without the requests clients chose: what the split sent."""
+        return replace(
+            self,
+            requests=self.requests - self.requested,
+            failures=self.failures - self.requested_failures,
+            requested=0,
+            requested_failures=0,
+        )
 
 
 class Metrics(Protocol):

@@ -27,6 +27,11 @@ What is measured, and how:
   read. Should the router's figures ever fall (it adopted a HAProxy whose past it never
   saw), the provider keeps its totals and counts on from the new figures: never back.
 
+  What went through the service's canary-header backend is also counted apart
+  (`requested`, `requested_failures`): requests clients chose to send to the release,
+  testers' mostly, which the judge must not take for a random sample of the traffic. For
+  the same reason their log lines give no latency samples.
+
 - **Latency** comes from HAProxy's request logs (`option httplog`), which the router
   sends, when built with `log_target=log_target(state_dir)`, to a unix datagram socket
   that this provider binds at `<state_dir>/logs.sock` and reads. Each line gives the
@@ -66,11 +71,12 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from canarist.errors import DriverError, RouterError
 from canarist.metrics.base import ReleaseWindow
+from canarist.routers.base import ReleaseCounters
 from canarist.routers.haproxy import HAProxyRouter, backend_name, canary_backend_name
 
 log = logging.getLogger(__name__)
@@ -187,20 +193,22 @@ class Reservoir:
 
 @dataclass(frozen=True)
 class Tally:
-    """Cumulative requests and failures."""
+    """Cumulative requests and failures, and the part of them clients asked for."""
 
     requests: int = 0
     failures: int = 0
+    requested: int = 0  # of the requests, those sent to the release by the canary header
+    requested_failures: int = 0
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(self.requests + other.requests, self.failures + other.failures)
+        return Tally(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def __sub__(self, other: Tally) -> Tally:
-        return Tally(self.requests - other.requests, self.failures - other.failures)
+        return Tally(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def below(self, other: Tally) -> bool:
-        """True if either count is lower than in `other` (counters restarted)."""
-        return self.requests < other.requests or self.failures < other.failures
+        """True if any count is lower than in `other` (counters restarted)."""
+        return any(a < b for a, b in zip(astuple(self), astuple(other), strict=True))
 
 
 @dataclass(frozen=True)
@@ -216,9 +224,25 @@ class CollectionStats:
     dropped_logs: int  # log lines HAProxy could not send (the socket's queue was full)
 
 
-def failure_tally(requests: int, errors_5xx: int, connection_errors: int) -> Tally:
-    """Attempts and failed attempts; failures capped at attempts (see the module docstring)."""
-    return Tally(requests, min(requests, errors_5xx + connection_errors))
+def failure_tally(
+    requests: int, errors_5xx: int, connection_errors: int, requested: Tally = Tally()
+) -> Tally:
+    """Attempts and failed attempts; failures capped at attempts (see the module docstring).
+    `requested`: the part of them sent by the canary header, as a tally of its own."""
+    return Tally(requests, min(requests, errors_5xx + connection_errors), *astuple(requested)[:2])
+
+
+def counters_tally(counters: ReleaseCounters) -> Tally:
+    """A release's tally from the router's counters, the canary header's part included."""
+    extra = counters.extra
+    requested = failure_tally(
+        extra.get("requested", 0),
+        extra.get("requested_5xx", 0),
+        extra.get("requested_connection_errors", 0),
+    )
+    return failure_tally(
+        counters.requests, counters.errors_5xx, counters.connection_errors, requested
+    )
 
 
 # How long, and how finely, each release's totals are remembered for `recent`.
@@ -268,6 +292,7 @@ class HAProxyMetrics:
         self._rng = random.Random(seed)
         self._services: dict[str, _Service] = {}
         self._backends: dict[str, str] = {}  # backend name -> service
+        self._requested_backends: set[str] = set()  # the services' canary-header backends
         self._releases: dict[tuple[str, int], str] = {}  # (service, slot) -> release, or last
         self._read_at = 0.0
         self._poll_lock = asyncio.Lock()
@@ -364,6 +389,8 @@ class HAProxyMetrics:
             windows[release] = ReleaseWindow(
                 requests=count.requests,
                 failures=count.failures,
+                requested=count.requested,
+                requested_failures=count.requested_failures,
                 latencies_ms=sample.values() if sample else (),
                 latency_count=sample.seen if sample else 0,
                 at=self._read_at,
@@ -383,7 +410,7 @@ class HAProxyMetrics:
             for service, releases in read.items():
                 books = self._services.setdefault(service, _Service())
                 for release, c in releases.items():
-                    now = failure_tally(c.requests, c.errors_5xx, c.connection_errors)
+                    now = counters_tally(c)
                     last = books.seen.get(release, Tally())
                     # Figures that fell are counted on from, never subtracted.
                     if not now.below(last):
@@ -424,6 +451,7 @@ class HAProxyMetrics:
         for service, slots in routes.items():
             self._backends[backend_name(service)] = service
             self._backends[canary_backend_name(service)] = service
+            self._requested_backends.add(canary_backend_name(service))
             for k, release in slots.items():
                 self._releases[(service, k)] = release
         return routes
@@ -463,6 +491,8 @@ class HAProxyMetrics:
         if service is None or release is None:
             self._unattributed += 1
             return
+        if entry.backend in self._requested_backends:
+            return  # chosen by clients, not by the split: no sample of the release's latency
         books = self._services.setdefault(service, _Service())
         sample = books.latency.get(release)
         if sample is None:

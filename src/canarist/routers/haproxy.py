@@ -31,7 +31,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from math import floor
 from pathlib import Path
@@ -407,6 +407,10 @@ class _Count:
     connection_errors: int = 0
     responses: int = 0
     retries: int = 0
+    # Of the above, what went through the canary-header backend: chosen by clients.
+    requested: int = 0
+    requested_5xx: int = 0
+    requested_connection_errors: int = 0
 
     def __add__(self, other: _Count) -> _Count:
         return _Count(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
@@ -425,6 +429,9 @@ def _fields(count: _Count) -> tuple[int, ...]:
         count.connection_errors,
         count.responses,
         count.retries,
+        count.requested,
+        count.requested_5xx,
+        count.requested_connection_errors,
     )
 
 
@@ -433,8 +440,9 @@ def _num(row: Mapping[str, str], key: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _count_of(row: Mapping[str, str]) -> _Count:
-    """A server's counters: attempts routed to it, and how many failed at connection level.
+def _count_of(row: Mapping[str, str], *, requested: bool = False) -> _Count:
+    """A server's counters: attempts routed to it, and how many failed at connection level;
+    `requested` for a server of the canary-header backend, whose requests clients chose.
 
     A failed attempt that HAProxy retried or redispatched (wretr, wredis) cost the client
     nothing, but still counts against the server's release: otherwise a canary refusing
@@ -442,12 +450,20 @@ def _count_of(row: Mapping[str, str]) -> _Count:
     """
     responses = sum(_num(row, f"hrsp_{k}") for k in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
     retried = _num(row, "wretr") + _num(row, "wredis")
-    return _Count(
+    count = _Count(
         requests=_num(row, "stot"),
         errors_5xx=_num(row, "hrsp_5xx"),
         connection_errors=_num(row, "econ") + _num(row, "eresp") + retried,
         responses=responses,
         retries=retried,
+    )
+    if not requested:
+        return count
+    return replace(
+        count,
+        requested=count.requests,
+        requested_5xx=count.errors_5xx,
+        requested_connection_errors=count.connection_errors,
     )
 
 
@@ -599,7 +615,10 @@ class HAProxyRouter:
 
         `requests` counts attempts routed to the release's servers (both backends);
         `connection_errors` includes attempts HAProxy retried or redispatched elsewhere
-        (also in `extra["retries"]`); `extra["responses"]` counts HTTP responses.
+        (also in `extra["retries"]`); `extra["responses"]` counts HTTP responses;
+        `extra["requested"]`, `extra["requested_5xx"]` and
+        `extra["requested_connection_errors"]` are the part of those figures that went
+        through the canary-header backend: requests clients chose to send to the release.
         """
         routing = self._routing.get(service)
         if routing is None:
@@ -622,7 +641,13 @@ class HAProxyRouter:
                 requests=c.requests,
                 errors_5xx=c.errors_5xx,
                 connection_errors=c.connection_errors,
-                extra={"responses": c.responses, "retries": c.retries},
+                extra={
+                    "responses": c.responses,
+                    "retries": c.retries,
+                    "requested": c.requested,
+                    "requested_5xx": c.requested_5xx,
+                    "requested_connection_errors": c.requested_connection_errors,
+                },
             )
             for r, c in totals.items()
         }
@@ -835,13 +860,14 @@ class HAProxyRouter:
         return main, canary
 
     async def _slot_counts(self, service: str) -> dict[int, _Count]:
-        backends = {backend_name(service), canary_backend_name(service)}
+        backends = {backend_name(service): False, canary_backend_name(service): True}
         counts: dict[int, _Count] = {}
         for row in await self.runtime.stat():
-            if row.get("pxname") in backends:
+            requested = backends.get(row.get("pxname", ""))
+            if requested is not None:
                 k = _slot_index(row.get("svname", ""))
                 if k is not None:
-                    counts[k] = counts.get(k, _Count()) + _count_of(row)
+                    counts[k] = counts.get(k, _Count()) + _count_of(row, requested=requested)
         return counts
 
     async def _reassign_counts(
