@@ -121,6 +121,12 @@ def test_canary_promote(project: tuple[Canarist, dict[str, str]]) -> None:
         assert status["canary"] == refs["3"]
         forced = version_split(cli, 20, {"X-Canarist-Canary": "1"})
         assert forced == Counter({"3": 20})
+        # Counted apart: the judge leaves what testers chose out of the comparison.
+        counted = cli.wait_for(
+            lambda s: s["counters"].get(refs["3"], {}).get("requested") == 20,
+            what="the header's requests counted apart",
+        )["counters"]
+        assert counted[refs["3"]]["requests"] > 20 and counted[refs["2"]]["requested"] == 0
         split = version_split(cli, 200)
         assert 60 <= split["3"] <= 140, split
         started = time.monotonic()

@@ -931,7 +931,13 @@ class Engine:
             ],
             # Since the current (or last) analysis window began.
             "counters": {
-                release: {"requests": w.requests, "failures": w.failures}
+                release: {
+                    "requests": w.requests,
+                    "failures": w.failures,
+                    # of which sent with the canary header (clients' choice, not the split)
+                    "requested": w.requested,
+                    "requested_failures": w.requested_failures,
+                }
                 for release, w in window.items()
             },
             "warm": {release: at for release, at in state.retire_at.items()},
