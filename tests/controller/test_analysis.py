@@ -104,6 +104,8 @@ async def test_too_little_traffic_never_passes_by_default(tmp_path: Path) -> Non
     assert status["phase"] == "progressing"
     assert status["step"]["kind"] == "analyze"
     assert status["analysis"]["verdict"] == "no_data"
+    assert status["step"]["remaining"] == 0.0
+    assert status["step"]["description"].endswith("past it: waiting for the judge's verdict")
 
 
 async def test_too_little_traffic_can_fail_the_rollout(tmp_path: Path) -> None:
@@ -122,6 +124,7 @@ async def test_too_little_traffic_can_pause_for_a_person(tmp_path: Path) -> None
     await start_canary(world)
     await world.settle(100, step=0.25)
     assert world.status()["phase"] == "paused"
+    assert world.status()["step"]["description"] == "analyze up to 20s"  # waits for promote
     await world.engine.promote("web")
     await world.settle(4, step=0.25)
     assert world.status()["weights"] == {world.v1: 50, world.v2: 50}

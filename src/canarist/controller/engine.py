@@ -1012,13 +1012,18 @@ def _step_text(rollout: Rollout) -> str:
 def _step_info(rollout: Rollout, now: float) -> dict[str, Any]:
     step = rollout.current
     remaining = None
-    if isinstance(step, Pause) and step.seconds is not None:
+    description = _step_text(rollout)
+    if isinstance(step, Pause | Analyze) and step.seconds is not None:
         remaining = max(0.0, step.seconds - (now - rollout.step_started_at))
+        if isinstance(step, Analyze) and remaining == 0.0 and rollout.phase != "paused":
+            # Only a judge with too little data (no_data: wait) or still weighing the
+            # evidence keeps an analyze step past its time limit.
+            description += ", past it: waiting for the judge's verdict"
     return {
         "index": rollout.step,
         "total": len(rollout.plan),
         "kind": step.kind if step is not None else "done",
-        "description": _step_text(rollout),
+        "description": description,
         "remaining": remaining,
     }
 
