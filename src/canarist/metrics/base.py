@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -30,16 +30,6 @@ class ReleaseWindow:
     # a provider that cannot tell.
     requested: int = 0
     requested_failures: int = 0
-
-    def by_split(self) -> ReleaseWindow:
-        """The window without the requests clients chose: what the split sent."""
-        return replace(
-            self,
-            requests=self.requests - self.requested,
-            failures=self.failures - self.requested_failures,
-            requested=0,
-            requested_failures=0,
-        )
 
 
 class Metrics(Protocol):
