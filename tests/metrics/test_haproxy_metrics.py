@@ -26,6 +26,7 @@ from canarist.metrics.haproxy import (
     Reservoir,
     Tally,
     failure_tally,
+    log_share,
     log_target,
 )
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
@@ -259,6 +260,17 @@ async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.005)
+
+
+def test_log_share_keeps_lines_near_the_target_and_each_busy_release_fed() -> None:
+    """All requests are logged up to 1,000 a second; above, about 1,000 lines a second,
+    unless a release with traffic would get fewer than 100 of them."""
+    assert log_share({"A": 900.0, "B": 100.0}) == 1000
+    assert log_share({"A": 7200.0, "B": 800.0}) == 125  # 1,000 of 8,000
+    assert log_share({"A": 7920.0, "B": 80.0}) == 125  # B under 100 a second: not kept up
+    assert log_share({"A": 7800.0, "B": 200.0}) == 500  # B keeps 100 lines a second
+    assert log_share({"A": 2_000_000.0}) == 1  # never none
+    assert log_share({}) == 1000
 
 
 def test_failures_never_exceed_attempts() -> None:
@@ -574,6 +586,52 @@ async def test_counts_survive_haproxy_restart_and_reload(
         "B": (answered(seen, "b1"), seen[("b1", 500)]),
     }
     assert sum(seen.values()) == 100 and not backwards
+
+
+@needs_haproxy
+@pytest.mark.haproxy
+async def test_under_heavy_traffic_haproxy_logs_a_share_and_counts_stay_exact(
+    router: HAProxyRouter, backend: StartBackend
+) -> None:
+    """Above its log budget (here 100 lines a second), the provider has HAProxy log only a
+    share of the requests, through the Runtime API, no reload; the counts stay exact and
+    the latency sample keeps coming. Back under it, every request is logged again."""
+    metrics = HAProxyMetrics(router, seed=1, log_lines=100, log_lines_per_release=10)
+    await metrics.start()
+    try:
+        a1, b1 = backend("a1"), backend("b1")
+        route = service()
+        await router.ensure([route])
+        pid = router.pid
+        await router.apply(
+            route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50})
+        )
+        seen: Seen = collections.Counter()
+        started = time.monotonic()
+        while router.log_share(route.name) == 1000:
+            assert time.monotonic() - started < 10, "the log share never came down"
+            seen += await send(route, 200)  # several hundred requests a second
+        share = router.log_share(route.name)
+        lines = metrics.stats.lines
+        seen += await send(route, 1000)
+        await asyncio.sleep(0.3)
+        logged = metrics.stats.lines - lines
+        # The share may have moved on while they were sent: between the two.
+        low, high = sorted((share, router.log_share(route.name)))
+        await metrics.poll()
+        windows = await metrics.snapshot(route.name)
+        print(f"log share {share} per mille: {logged} of 1000 requests logged")
+        assert share < 500 and router.pid == pid
+        assert low - 4 * low**0.5 - 5 <= logged <= high + 4 * high**0.5 + 5
+        assert windows["A"].requests + windows["B"].requests == sum(seen.values())
+        assert windows["A"].latency_count > 0 and windows["B"].latency_count > 0
+        assert f"web {share}" in router.log_share_path.read_text()  # kept for a restart
+        started = time.monotonic()
+        while router.log_share(route.name) != 1000:  # idle now
+            assert time.monotonic() - started < 10, "the log share never went back up"
+            await asyncio.sleep(0.2)
+    finally:
+        await metrics.stop()
 
 
 @needs_haproxy

@@ -202,6 +202,20 @@ def test_config_can_send_logs() -> None:
     """A log target adds the global log line and HTTP logs."""
     text = render_config([WEB], {}, socket="/s", pidfile="/p", log_target="/dev/log")
     assert "    log /dev/log local0\n" in text and "    option httplog\n" in text
+    assert "set-log-level" not in text
+
+
+def test_config_can_log_a_share_of_requests_from_a_map() -> None:
+    """With a log share map, each service's requests are logged with the probability
+    its entry gives, per mille (all of them without an entry)."""
+    text = render_config(
+        [WEB], {}, socket="/s", pidfile="/p", log_target="/dev/log", log_share_map="/m.map"
+    )
+    assert (
+        "    http-request set-var(txn.log_share) str(web),map_str_int(/m.map,1000)\n"
+        "    http-request set-log-level silent if { rand(1000),sub(txn.log_share) -m int ge 0 }\n"
+    ) in text
+    assert "map_str_int" not in render_config([WEB], {}, socket="/s", pidfile="/p")
 
 
 @pytest.mark.parametrize(

@@ -47,12 +47,18 @@ What is measured, and how:
   `SD`), `s` (a server timeout: `sC`, `sH`, `sD`) or `D` (killed as its server went down).
   Client aborts and client timeouts (`C`, `c`) are the client's doing, not the release's.
 
-- **Sampling.** HAProxy logs every request by default. Between two snapshots each release
-  keeps a uniform sample of at most `reservoir_size` latencies (Vitter's Algorithm R), so
-  memory stays bounded at any rate; `latency_count` says how many it was drawn from.
-  Above a few thousand requests per second, reading every line costs real CPU: then
-  `log_target(state_dir, sample=N)` has HAProxy send one line in N, for every release
-  alike (counts stay exact). The kernel queues few datagrams on a unix socket
+- **Sampling.** Between two snapshots each release keeps a uniform sample of at most
+  `reservoir_size` latencies (Vitter's Algorithm R), so memory stays bounded at any rate;
+  `latency_count` says how many it was drawn from. Reading a log line costs the
+  controller some 30-40 µs of CPU, a third of a core at 8,000 requests a second, which on
+  a small machine is taken from the instances. So when traffic is high, HAProxy logs
+  only a random share of the requests: about once a second the provider sets each
+  service's share (`log_share`, through the router's map, no reload) to keep its lines
+  near `log_lines` a second (1,000), but never so low that a release with traffic gets
+  fewer than `log_lines_per_release` (100). The draw ignores the request's outcome and
+  release, so the samples stay uniform and the counts, which come from the counters,
+  stay exact. (`log_target(state_dir, sample=N)` fixes a share in the config instead.)
+  The kernel queues few datagrams on a unix socket
   (`net.unix.max_dgram_qlen`, as low as 10): lines HAProxy could not send while the
   event loop was busy are lost, counted by HAProxy as DroppedLogs (`stats.dropped_logs`),
   and only thin the sample.
@@ -63,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import re
@@ -70,7 +77,7 @@ import socket
 import stat
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
@@ -252,6 +259,32 @@ HISTORY_STEP = 1.0
 RECENT_LATENCIES = 2048
 
 
+# Log lines a second a service's requests may cost at most, as long as each release with
+# traffic keeps at least LOG_LINES_PER_RELEASE of them (see `log_share`).
+LOG_LINES = 1000.0
+LOG_LINES_PER_RELEASE = 100.0
+
+
+def log_share(
+    rates: Mapping[str, float],
+    *,
+    lines: float = LOG_LINES,
+    per_release: float = LOG_LINES_PER_RELEASE,
+) -> int:
+    """The per mille of a service's requests to log, from each release's requests a second:
+    all of them up to `lines` a second in all; above, `lines` a second, or more where the
+    least busy release would get fewer than `per_release` (a release with fewer requests
+    than that keeps the share the others need)."""
+    total = sum(rates.values())
+    if total <= lines:
+        return 1000
+    share = lines / total
+    busy = [rate for rate in rates.values() if rate >= per_release]
+    if busy:
+        share = max(share, per_release / min(busy))
+    return max(1, min(1000, math.ceil(1000 * share)))
+
+
 @dataclass
 class _Service:
     seen: dict[str, Tally] = field(default_factory=dict)  # the router's figures, last read
@@ -262,6 +295,7 @@ class _Service:
     history: deque[tuple[float, dict[str, Tally]]] = field(default_factory=deque)
     # Each release's latest latencies, whatever the windows and snapshots.
     latest: dict[str, deque[float]] = field(default_factory=dict)
+    thinned_at: float = float("-inf")  # when the share of requests logged was last set
 
     def remember(self, at: float) -> None:
         """Keep the totals as of `at` (at most one entry per HISTORY_STEP)."""
@@ -284,11 +318,15 @@ class HAProxyMetrics:
         interval: float = 0.2,
         reservoir_size: int = 1024,
         seed: int | None = None,
+        log_lines: float = LOG_LINES,
+        log_lines_per_release: float = LOG_LINES_PER_RELEASE,
     ) -> None:
         self.router = router
         self.socket_path = router.state_dir / LOG_SOCKET
         self.interval = interval
         self.reservoir_size = reservoir_size
+        self.log_lines = log_lines
+        self.log_lines_per_release = log_lines_per_release
         self._rng = random.Random(seed)
         self._services: dict[str, _Service] = {}
         self._backends: dict[str, str] = {}  # backend name -> service
@@ -417,6 +455,7 @@ class HAProxyMetrics:
                         books.totals[release] = books.totals.get(release, Tally()) + (now - last)
                     books.seen[release] = now
                 books.remember(read_at)
+                await self._thin_logs(service, books, read_at)
             if info.get("Pid") != self._pid:
                 self._pid = info.get("Pid")
                 self._dropped_before += self._dropped_now
@@ -424,6 +463,29 @@ class HAProxyMetrics:
             self._read_at = read_at
             self._polls += 1
             self._poll_time += read_at - started
+
+    async def _thin_logs(self, service: str, books: _Service, now: float) -> None:
+        """About once a second, set the share of the service's requests HAProxy logs from
+        its request rates over the last second or two (see `log_share`)."""
+        if now - books.thinned_at < HISTORY_STEP:
+            return
+        books.thinned_at = now
+        then = next((e for e in reversed(books.history) if e[0] <= now - HISTORY_STEP), None)
+        if then is None or now <= then[0]:
+            return
+        seconds = now - then[0]
+        rates = {
+            release: (total.requests - then[1].get(release, Tally()).requests) / seconds
+            for release, total in books.totals.items()
+        }
+        want = log_share(rates, lines=self.log_lines, per_release=self.log_lines_per_release)
+        have = self.router.log_share(service)
+        # Changed when it is off by a quarter or more: not a Runtime API call every second.
+        if want != have and (want == 1000 or abs(want - have) >= 0.25 * have):
+            try:
+                await self.router.set_log_share(service, want)
+            except RouterError as exc:
+                log.warning("cannot set the share of %s's requests logged: %s", service, exc)
 
     async def _poll_forever(self) -> None:
         failing = False

@@ -143,6 +143,7 @@ def shape_hash(services: Sequence[ServiceRoute], *, log_target: str | None = Non
     shape = {
         "services": [asdict(s) for s in sorted(services, key=lambda s: s.name)],
         "log_target": log_target,
+        "log_share": LOG_SHARE_MAP,  # a HAProxy from before the log share is reloaded once
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -326,8 +327,13 @@ def render_config(
     pidfile: str,
     maxconn: int = 4096,
     log_target: str | None = None,
+    log_share_map: str | None = None,
 ) -> str:
-    """The whole haproxy.cfg for these services, with each slot's current state baked in."""
+    """The whole haproxy.cfg for these services, with each slot's current state baked in.
+
+    With `log_target`, every request is logged there; with `log_share_map` too, only a
+    random share of each service's requests: its entry in that map file, per mille (all
+    of them while it has none), which the Runtime API changes with no reload."""
     lines = [
         f"{SHAPE_MARK}{shape_hash(services, log_target=log_target)}",
         "# Written by canarist on every routing change; edits here are overwritten.",
@@ -362,6 +368,13 @@ def render_config(
     for s in sorted(services, key=lambda s: s.name):
         layout = layouts.get(s.name, Layout())
         lines += ["", f"frontend fe_{s.name}", f"    bind {s.listen_host}:{s.listen_port}"]
+        if log_target and log_share_map:
+            lines += [
+                f"    http-request set-var(txn.log_share) str({s.name}),"
+                f"map_str_int({log_share_map},1000)",
+                "    http-request set-log-level silent"
+                " if { rand(1000),sub(txn.log_share) -m int ge 0 }",
+            ]
         if s.canary_header:
             canary = canary_backend_name(s.name)
             lines.append(
@@ -483,6 +496,10 @@ class _Routing:
     assignment: dict[str, int]
 
 
+# The map of each service's share of requests logged, per mille, beside the config.
+LOG_SHARE_MAP = "log-share.map"
+
+
 class HAProxyRouter:
     """Routes services through one HAProxy child process, changed at run time, never reloaded
     for a weight or member change."""
@@ -503,6 +520,8 @@ class HAProxyRouter:
         self.log_path = self.state_dir / "haproxy.log"
         self.socket_path = self.state_dir / "admin.sock"
         self._shape_path = self.state_dir / "haproxy.shape"
+        self.log_share_path = self.state_dir / LOG_SHARE_MAP
+        self._log_shares: dict[str, int] = {}  # service -> per mille of requests logged
         self._routes_path = self.state_dir / "routes.json"
         self._haproxy_bin = haproxy_bin
         self._log_target = log_target
@@ -533,6 +552,7 @@ class HAProxyRouter:
                 if name not in self._services:
                     del self._routing[name]
             self._reap()
+            self._write_log_shares()
             text = self._render()
             shape = shape_hash(services, log_target=self._log_target)
             running = await self._find_running()
@@ -580,6 +600,21 @@ class HAProxyRouter:
             if commands:
                 log.info("haproxy %s: %s", service, "; ".join(commands))
                 await self.runtime.run(commands)
+
+    async def set_log_share(self, service: str, per_mille: int) -> None:
+        """Log only `per_mille` of the service's requests, drawn at random (1 to 1000), from
+        now on and after a restart. Nothing to do without a log target or the service."""
+        per_mille = max(1, min(1000, per_mille))
+        async with self._lock:
+            if self._log_target is None or service not in self._services:
+                return
+            self._log_shares[service] = per_mille
+            self._write_log_shares()
+            await self.runtime.run([f"set map {self.log_share_path} {service} {per_mille}"])
+
+    def log_share(self, service: str) -> int:
+        """The per mille of the service's requests logged (1000 until told otherwise)."""
+        return self._log_shares.get(service, 1000)
 
     async def read_weights(self, service: str) -> dict[str, float]:
         """Each release's share of new requests (percent), from the servers HAProxy has up."""
@@ -837,7 +872,13 @@ class HAProxyRouter:
             socket=self._socket_arg(for_config=True),
             pidfile=str(self.pid_path),
             log_target=self._log_target,
+            log_share_map=str(self.log_share_path),
         )
+
+    def _write_log_shares(self) -> None:
+        """The map HAProxy reads each service's log share from when it starts."""
+        shares = {name: self._log_shares.get(name, 1000) for name in sorted(self._services)}
+        _write_atomic(self.log_share_path, "".join(f"{k} {v}\n" for k, v in shares.items()))
 
     # -- live state ----------------------------------------------------------------------
 
