@@ -42,7 +42,7 @@ from canarist.home import Home
 from canarist.platforms.local import LocalPlatform
 from canarist.releases.build import build_release
 from canarist.releases.store import LocalArtifactStore
-from canarist.routers.haproxy import LOG_SHARE_MAP
+from canarist.routers.haproxy import LOG_SHARES
 from canarist.routers.haproxy_runtime import RuntimeAPI
 
 
@@ -301,9 +301,12 @@ def bench_data_plane(work: Path, seconds: int) -> None:
 
 
 def share_logged(home: Home) -> str:
-    """The per mille of each service's requests HAProxy logs, as the map file says."""
-    path = home.haproxy / LOG_SHARE_MAP
-    return path.read_text().strip().replace("\n", ", ") + " per mille" if path.exists() else "?"
+    """The per mille of the requests each used slot answers that HAProxy logs."""
+    shares = []
+    for path in sorted((home.haproxy / LOG_SHARES).glob("*.map")):
+        used = [line for line in path.read_text().splitlines() if not line.endswith(" 1000")]
+        shares.append(f"{path.stem}: {', '.join(used) or 'all'}")
+    return "; ".join(shares) + " (per mille, by slot)"
 
 
 def process_cpu(pid: int) -> float:

@@ -26,11 +26,11 @@ from canarist.metrics.haproxy import (
     Reservoir,
     Tally,
     failure_tally,
-    log_share,
+    log_shares,
     log_target,
 )
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
-from canarist.routers.haproxy import HAProxyRouter
+from canarist.routers.haproxy import HAProxyRouter, slot_name
 from tests.backends import Backend, backend_processes, short_state_dir
 
 needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
@@ -262,15 +262,15 @@ async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def test_log_share_keeps_lines_near_the_target_and_each_busy_release_fed() -> None:
-    """All requests are logged up to 1,000 a second; above, about 1,000 lines a second,
-    unless a release with traffic would get fewer than 100 of them."""
-    assert log_share({"A": 900.0, "B": 100.0}) == 1000
-    assert log_share({"A": 7200.0, "B": 800.0}) == 125  # 1,000 of 8,000
-    assert log_share({"A": 7920.0, "B": 80.0}) == 125  # B under 100 a second: not kept up
-    assert log_share({"A": 7800.0, "B": 200.0}) == 500  # B keeps 100 lines a second
-    assert log_share({"A": 2_000_000.0}) == 1  # never none
-    assert log_share({}) == 1000
+def test_log_shares_keep_lines_near_the_target_and_a_small_release_fed() -> None:
+    """Every request is logged up to 1,000 a second; above, about 1,000 lines a second in
+    all, the same share of every release, but a release keeps up to 100 lines a second."""
+    assert log_shares({"A": 900.0, "B": 100.0}) == {"A": 1000, "B": 1000}
+    assert log_shares({"A": 7200.0, "B": 800.0}) == {"A": 125, "B": 125}  # 1,000 of 8,000
+    assert log_shares({"A": 7920.0, "B": 80.0}) == {"A": 125, "B": 1000}  # all of B's 80
+    assert log_shares({"A": 7800.0, "B": 200.0}) == {"A": 125, "B": 500}  # 100 of B's
+    assert log_shares({"A": 2_000_000.0, "B": 0.0}) == {"A": 1, "B": 1000}  # never none
+    assert log_shares({}) == {}
 
 
 def test_failures_never_exceed_attempts() -> None:
@@ -593,10 +593,11 @@ async def test_counts_survive_haproxy_restart_and_reload(
 async def test_under_heavy_traffic_haproxy_logs_a_share_and_counts_stay_exact(
     router: HAProxyRouter, backend: StartBackend
 ) -> None:
-    """Above its log budget (here 100 lines a second), the provider has HAProxy log only a
-    share of the requests, through the Runtime API, no reload; the counts stay exact and
-    the latency sample keeps coming. Back under it, every request is logged again."""
-    metrics = HAProxyMetrics(router, seed=1, log_lines=100, log_lines_per_release=10)
+    """Above its log budget (here 100 lines a second in all, 40 a release), the provider
+    has HAProxy log only a share of each release's requests, through the Runtime API, no
+    reload: the larger release a smaller share. The counts stay exact, each release's
+    latency sample keeps coming; back under the budget, every request is logged again."""
+    metrics = HAProxyMetrics(router, seed=1, log_lines=100, log_lines_per_release=40)
     await metrics.start()
     try:
         a1, b1 = backend("a1"), backend("b1")
@@ -604,31 +605,37 @@ async def test_under_heavy_traffic_haproxy_logs_a_share_and_counts_stay_exact(
         await router.ensure([route])
         pid = router.pid
         await router.apply(
-            route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50})
+            route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 80, "B": 20})
         )
+        slots = {release: k for k, release in router.slot_releases()[route.name].items()}
         seen: Seen = collections.Counter()
         started = time.monotonic()
-        while router.log_share(route.name) == 1000:
-            assert time.monotonic() - started < 10, "the log share never came down"
+        while router.log_shares(route.name)[slots["A"]] == 1000:
+            assert time.monotonic() - started < 10, "the log shares never came down"
             seen += await send(route, 200)  # several hundred requests a second
-        share = router.log_share(route.name)
-        lines = metrics.stats.lines
-        seen += await send(route, 1000)
+        await metrics.snapshot(route.name)  # latencies so far handed out
+        shares = router.log_shares(route.name)
+        more = await send(route, 2000)
+        seen += more
         await asyncio.sleep(0.3)
-        logged = metrics.stats.lines - lines
-        # The share may have moved on while they were sent: between the two.
-        low, high = sorted((share, router.log_share(route.name)))
         await metrics.poll()
         windows = await metrics.snapshot(route.name)
-        print(f"log share {share} per mille: {logged} of 1000 requests logged")
-        assert share < 500 and router.pid == pid
-        assert low - 4 * low**0.5 - 5 <= logged <= high + 4 * high**0.5 + 5
+        sampled = {r: w.latency_count for r, w in windows.items()}
+        print(f"log shares by slot {shares}: of {more}, latencies logged {sampled}")
+        assert router.pid == pid and shares[slots["A"]] < shares[slots["B"]]
+        for release, name in (("A", "a1"), ("B", "b1")):
+            n, now = answered(more, name), router.log_shares(route.name)[slots[release]]
+            low, high = sorted((n * shares[slots[release]] / 1000, n * now / 1000))
+            logged = windows[release].latency_count
+            assert low - 4 * low**0.5 - 5 <= logged <= high + 4 * high**0.5 + 5, release
         assert windows["A"].requests + windows["B"].requests == sum(seen.values())
-        assert windows["A"].latency_count > 0 and windows["B"].latency_count > 0
-        assert f"web {share}" in router.log_share_path.read_text()  # kept for a restart
+        assert (
+            f"{slot_name(slots['A'])} {shares[slots['A']]}"
+            in (router.log_shares_dir / "web.map").read_text()
+        )  # kept for a restart
         started = time.monotonic()
-        while router.log_share(route.name) != 1000:  # idle now
-            assert time.monotonic() - started < 10, "the log share never went back up"
+        while set(router.log_shares(route.name).values()) != {1000}:  # idle now
+            assert time.monotonic() - started < 10, "the log shares never went back up"
             await asyncio.sleep(0.2)
     finally:
         await metrics.stop()

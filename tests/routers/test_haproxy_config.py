@@ -205,16 +205,19 @@ def test_config_can_send_logs() -> None:
     assert "set-log-level" not in text
 
 
-def test_config_can_log_a_share_of_requests_from_a_map() -> None:
-    """With a log share map, each service's requests are logged with the probability
-    its entry gives, per mille (all of them without an entry)."""
+def test_config_can_log_a_share_of_each_slots_requests_from_a_map() -> None:
+    """With a log shares directory, the requests each slot of the main backend answers
+    are logged with the probability its entry in the service's map gives, per mille (all
+    of them without an entry); the testers' canary backend is left alone."""
     text = render_config(
-        [WEB], {}, socket="/s", pidfile="/p", log_target="/dev/log", log_share_map="/m.map"
+        [WEB], {}, socket="/s", pidfile="/p", log_target="/dev/log", log_shares="/d"
     )
+    main = text.split("\nbackend be_web\n")[1].split("\nbackend be_web_canary\n")[0]
     assert (
-        "    http-request set-var(txn.log_share) str(web),map_str_int(/m.map,1000)\n"
-        "    http-request set-log-level silent if { rand(1000),sub(txn.log_share) -m int ge 0 }\n"
-    ) in text
+        "    http-response set-var(txn.log_share) srv_name,map_str_int(/d/web.map,1000)\n"
+        "    http-response set-log-level silent if { rand(1000),sub(txn.log_share) -m int ge 0 }\n"
+    ) in main
+    assert text.count("set-log-level") == 1
     assert "map_str_int" not in render_config([WEB], {}, socket="/s", pidfile="/p")
 
 

@@ -52,12 +52,13 @@ What is measured, and how:
   `latency_count` says how many it was drawn from. Reading a log line costs the
   controller some 30-40 µs of CPU, a third of a core at 8,000 requests a second, which on
   a small machine is taken from the instances. So when traffic is high, HAProxy logs
-  only a random share of the requests: about once a second the provider sets each
-  service's share (`log_share`, through the router's map, no reload) to keep its lines
-  near `log_lines` a second (1,000), but never so low that a release with traffic gets
-  fewer than `log_lines_per_release` (100). The draw ignores the request's outcome and
-  release, so the samples stay uniform and the counts, which come from the counters,
-  stay exact. (`log_target(state_dir, sample=N)` fixes a share in the config instead.)
+  only a random share of the requests each release answers: about once a second the
+  provider sets the shares (`log_shares`, per server slot, through the router's maps, no
+  reload) to keep a service's lines near `log_lines` a second (1,000), but a release
+  keeps up to `log_lines_per_release` (100) of its own, so a small canary beside a large
+  stable is not starved. The draw ignores the request's outcome, so each release's
+  sample stays uniform, and the counts, which come from the counters, stay exact.
+  (`log_target(state_dir, sample=N)` fixes one share for everything in the config.)
   The kernel queues few datagrams on a unix socket
   (`net.unix.max_dgram_qlen`, as low as 10): lines HAProxy could not send while the
   event loop was busy are lost, counted by HAProxy as DroppedLogs (`stats.dropped_logs`),
@@ -259,30 +260,30 @@ HISTORY_STEP = 1.0
 RECENT_LATENCIES = 2048
 
 
-# Log lines a second a service's requests may cost at most, as long as each release with
-# traffic keeps at least LOG_LINES_PER_RELEASE of them (see `log_share`).
+# Log lines a second a service's requests may cost, about, under heavy traffic; a release
+# keeps up to LOG_LINES_PER_RELEASE of its own (see `log_shares`).
 LOG_LINES = 1000.0
 LOG_LINES_PER_RELEASE = 100.0
 
 
-def log_share(
+def log_shares(
     rates: Mapping[str, float],
     *,
     lines: float = LOG_LINES,
     per_release: float = LOG_LINES_PER_RELEASE,
-) -> int:
-    """The per mille of a service's requests to log, from each release's requests a second:
-    all of them up to `lines` a second in all; above, `lines` a second, or more where the
-    least busy release would get fewer than `per_release` (a release with fewer requests
-    than that keeps the share the others need)."""
+) -> dict[str, int]:
+    """Per release, the per mille of its requests to log, from each release's requests a
+    second: all of them while the service has up to `lines` a second in all; above, the
+    same share of every release, for about `lines` lines a second, except that a release
+    keeps up to `per_release` lines a second (a small canary beside a large stable)."""
     total = sum(rates.values())
-    if total <= lines:
-        return 1000
-    share = lines / total
-    busy = [rate for rate in rates.values() if rate >= per_release]
-    if busy:
-        share = max(share, per_release / min(busy))
-    return max(1, min(1000, math.ceil(1000 * share)))
+    shares = {}
+    for release, rate in rates.items():
+        share = 1.0
+        if total > lines and rate > 0:
+            share = min(1.0, max(lines / total, per_release / rate))
+        shares[release] = max(1, math.ceil(1000 * share))
+    return shares
 
 
 @dataclass
@@ -465,8 +466,9 @@ class HAProxyMetrics:
             self._poll_time += read_at - started
 
     async def _thin_logs(self, service: str, books: _Service, now: float) -> None:
-        """About once a second, set the share of the service's requests HAProxy logs from
-        its request rates over the last second or two (see `log_share`)."""
+        """About once a second, set the share of the requests each slot of the service
+        answers that HAProxy logs, from its release's request rate over the last second or
+        two (see `log_shares`)."""
         if now - books.thinned_at < HISTORY_STEP:
             return
         books.thinned_at = now
@@ -478,12 +480,19 @@ class HAProxyMetrics:
             release: (total.requests - then[1].get(release, Tally()).requests) / seconds
             for release, total in books.totals.items()
         }
-        want = log_share(rates, lines=self.log_lines, per_release=self.log_lines_per_release)
-        have = self.router.log_share(service)
-        # Changed when it is off by a quarter or more: not a Runtime API call every second.
-        if want != have and (want == 1000 or abs(want - have) >= 0.25 * have):
+        want = log_shares(rates, lines=self.log_lines, per_release=self.log_lines_per_release)
+        have = self.router.log_shares(service)
+        slots = self.router.slot_releases().get(service, {})
+        # A slot's share changes when it is off by a quarter or more, or back to all:
+        # not a Runtime API call every second.
+        changed = {
+            k: share
+            for k, share in ((k, want.get(slots.get(k, ""), 1000)) for k in have)
+            if share != have[k] and (share == 1000 or abs(share - have[k]) >= have[k] / 4)
+        }
+        if changed:
             try:
-                await self.router.set_log_share(service, want)
+                await self.router.set_log_shares(service, changed)
             except RouterError as exc:
                 log.warning("cannot set the share of %s's requests logged: %s", service, exc)
 

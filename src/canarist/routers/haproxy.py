@@ -143,7 +143,7 @@ def shape_hash(services: Sequence[ServiceRoute], *, log_target: str | None = Non
     shape = {
         "services": [asdict(s) for s in sorted(services, key=lambda s: s.name)],
         "log_target": log_target,
-        "log_share": LOG_SHARE_MAP,  # a HAProxy from before the log share is reloaded once
+        "log_shares": LOG_SHARES,  # a HAProxy from before the log shares is reloaded once
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -327,13 +327,14 @@ def render_config(
     pidfile: str,
     maxconn: int = 4096,
     log_target: str | None = None,
-    log_share_map: str | None = None,
+    log_shares: str | None = None,
 ) -> str:
     """The whole haproxy.cfg for these services, with each slot's current state baked in.
 
-    With `log_target`, every request is logged there; with `log_share_map` too, only a
-    random share of each service's requests: its entry in that map file, per mille (all
-    of them while it has none), which the Runtime API changes with no reload."""
+    With `log_target`, every request is logged there. With `log_shares` (a directory)
+    too, only a random share of the requests each slot of a service's backend answers:
+    the slot's entry in `<log_shares>/<service>.map`, per mille (all while it has none),
+    which the Runtime API changes with no reload."""
     lines = [
         f"{SHAPE_MARK}{shape_hash(services, log_target=log_target)}",
         "# Written by canarist on every routing change; edits here are overwritten.",
@@ -368,13 +369,6 @@ def render_config(
     for s in sorted(services, key=lambda s: s.name):
         layout = layouts.get(s.name, Layout())
         lines += ["", f"frontend fe_{s.name}", f"    bind {s.listen_host}:{s.listen_port}"]
-        if log_target and log_share_map:
-            lines += [
-                f"    http-request set-var(txn.log_share) str({s.name}),"
-                f"map_str_int({log_share_map},1000)",
-                "    http-request set-log-level silent"
-                " if { rand(1000),sub(txn.log_share) -m int ge 0 }",
-            ]
         if s.canary_header:
             canary = canary_backend_name(s.name)
             lines.append(
@@ -382,14 +376,24 @@ def render_config(
                 f" {{ nbsrv({canary}) gt 0 }}"
             )
         lines.append(f"    default_backend {backend_name(s.name)}")
-        lines += _render_backend(s, backend_name(s.name), layout.main)
+        rules = []
+        if log_target and log_shares:
+            rules = [
+                f"    http-response set-var(txn.log_share)"
+                f" srv_name,map_str_int({log_shares}/{s.name}.map,1000)",
+                "    http-response set-log-level silent"
+                " if { rand(1000),sub(txn.log_share) -m int ge 0 }",
+            ]
+        lines += _render_backend(s, backend_name(s.name), layout.main, rules)
         if s.canary_header:
             lines += _render_backend(s, canary_backend_name(s.name), layout.canary)
     return "\n".join(lines) + "\n"
 
 
-def _render_backend(route: ServiceRoute, name: str, slots: Mapping[int, SlotState]) -> list[str]:
-    lines = ["", f"backend {name}", "    balance roundrobin"]
+def _render_backend(
+    route: ServiceRoute, name: str, slots: Mapping[int, SlotState], rules: Sequence[str] = ()
+) -> list[str]:
+    lines = ["", f"backend {name}", "    balance roundrobin", *rules]
     if route.sticky:
         lines.append(f"    cookie canarist_{route.name} insert indirect nocache")
     lines += [
@@ -496,8 +500,9 @@ class _Routing:
     assignment: dict[str, int]
 
 
-# The map of each service's share of requests logged, per mille, beside the config.
-LOG_SHARE_MAP = "log-share.map"
+# Beside the config: per service, the share of the requests each slot answers that are
+# logged, per mille, in a map HAProxy reads and the Runtime API changes.
+LOG_SHARES = "log-shares"
 
 
 class HAProxyRouter:
@@ -520,8 +525,9 @@ class HAProxyRouter:
         self.log_path = self.state_dir / "haproxy.log"
         self.socket_path = self.state_dir / "admin.sock"
         self._shape_path = self.state_dir / "haproxy.shape"
-        self.log_share_path = self.state_dir / LOG_SHARE_MAP
-        self._log_shares: dict[str, int] = {}  # service -> per mille of requests logged
+        self.log_shares_dir = self.state_dir / LOG_SHARES
+        # service -> slot -> per mille of the requests it answers that are logged
+        self._log_shares: dict[str, dict[int, int]] = {}
         self._routes_path = self.state_dir / "routes.json"
         self._haproxy_bin = haproxy_bin
         self._log_target = log_target
@@ -552,7 +558,8 @@ class HAProxyRouter:
                 if name not in self._services:
                     del self._routing[name]
             self._reap()
-            self._write_log_shares()
+            for name in self._services:
+                self._write_log_shares(name)
             text = self._render()
             shape = shape_hash(services, log_target=self._log_target)
             running = await self._find_running()
@@ -601,20 +608,29 @@ class HAProxyRouter:
                 log.info("haproxy %s: %s", service, "; ".join(commands))
                 await self.runtime.run(commands)
 
-    async def set_log_share(self, service: str, per_mille: int) -> None:
-        """Log only `per_mille` of the service's requests, drawn at random (1 to 1000), from
-        now on and after a restart. Nothing to do without a log target or the service."""
-        per_mille = max(1, min(1000, per_mille))
+    async def set_log_shares(self, service: str, shares: Mapping[int, int]) -> None:
+        """Log only the given per mille (1 to 1000) of the requests each of these slots of
+        the service answers, drawn at random, from now on and after a restart. Nothing to
+        do without a log target or the service."""
         async with self._lock:
-            if self._log_target is None or service not in self._services:
+            route = self._services.get(service)
+            if self._log_target is None or route is None:
                 return
-            self._log_shares[service] = per_mille
-            self._write_log_shares()
-            await self.runtime.run([f"set map {self.log_share_path} {service} {per_mille}"])
+            wanted = {k: max(1, min(1000, v)) for k, v in shares.items() if 0 <= k < route.slots}
+            self._log_shares.setdefault(service, {}).update(wanted)
+            self._write_log_shares(service)
+            path = self.log_shares_dir / f"{service}.map"
+            await self.runtime.run(
+                [f"set map {path} {slot_name(k)} {v}" for k, v in sorted(wanted.items())]
+            )
 
-    def log_share(self, service: str) -> int:
-        """The per mille of the service's requests logged (1000 until told otherwise)."""
-        return self._log_shares.get(service, 1000)
+    def log_shares(self, service: str) -> dict[int, int]:
+        """Per slot of the service, the per mille of the requests it answers that are
+        logged (1000 until told otherwise)."""
+        route = self._services.get(service)
+        slots = route.slots if route is not None else 0
+        told = self._log_shares.get(service, {})
+        return {k: told.get(k, 1000) for k in range(slots)}
 
     async def read_weights(self, service: str) -> dict[str, float]:
         """Each release's share of new requests (percent), from the servers HAProxy has up."""
@@ -872,13 +888,15 @@ class HAProxyRouter:
             socket=self._socket_arg(for_config=True),
             pidfile=str(self.pid_path),
             log_target=self._log_target,
-            log_share_map=str(self.log_share_path),
+            log_shares=str(self.log_shares_dir),
         )
 
-    def _write_log_shares(self) -> None:
-        """The map HAProxy reads each service's log share from when it starts."""
-        shares = {name: self._log_shares.get(name, 1000) for name in sorted(self._services)}
-        _write_atomic(self.log_share_path, "".join(f"{k} {v}\n" for k, v in shares.items()))
+    def _write_log_shares(self, service: str) -> None:
+        """The map HAProxy reads the service's log shares from when it starts."""
+        shares = self.log_shares(service)
+        text = "".join(f"{slot_name(k)} {shares[k]}\n" for k in sorted(shares))
+        self.log_shares_dir.mkdir(exist_ok=True)
+        _write_atomic(self.log_shares_dir / f"{service}.map", text)
 
     # -- live state ----------------------------------------------------------------------
 
