@@ -18,7 +18,7 @@ import pytest
 
 from canarist.errors import RouterError
 from canarist.routers.base import Member, RouteTable, ServiceRoute
-from canarist.routers.haproxy import HAProxyRouter
+from canarist.routers.haproxy import HAProxyRouter, slot_name
 from canarist.routers.haproxy_runtime import (
     RuntimeAPI,
     parse_servers_state,
@@ -595,3 +595,31 @@ async def test_zero_failed_requests_while_moving_from_a_to_b(
     counts = await router.counters(route.name)
     assert counts["A"].requests + counts["B"].requests == total
     assert counts["A"].errors_5xx == counts["B"].errors_5xx == 0
+
+
+async def test_a_slot_given_to_another_release_logs_all_its_requests_again(
+    state_dir: Path, backends: StartBackends
+) -> None:
+    """Log shares are per slot; when a slot comes to serve another release, the share it
+    had for its last release's traffic is reset to all, before the newcomer gets any."""
+    router = HAProxyRouter(state_dir, log_target=str(state_dir / "nowhere.sock"))
+    try:
+        a1, b1, c1 = backends("a1", "b1", "c1")
+        route = service(slots=3)
+        await router.ensure([route])
+        await router.apply(
+            route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50})
+        )
+        slots = {release: k for k, release in router.slot_releases()[route.name].items()}
+        await router.set_log_shares(route.name, {0: 10, 1: 10, 2: 10})
+        await router.apply(
+            route.name, RouteTable((a1.member("A"), c1.member("C")), {"A": 50, "C": 50})
+        )
+        now = {release: k for k, release in router.slot_releases()[route.name].items()}
+        shares = router.log_shares(route.name)
+        assert shares[now["A"]] == 10 and now["A"] == slots["A"]  # A kept its slot and share
+        assert shares[now["C"]] == 1000
+        live = await router.runtime.query(f"show map {router.log_shares_dir / 'web.map'}")
+        assert f"{slot_name(now['C'])} 1000" in live and f"{slot_name(now['A'])} 10" in live
+    finally:
+        await router.stop()

@@ -603,7 +603,9 @@ class HAProxyRouter:
             self._routing[service] = _Routing(table, assignment)
             self._save_routes()
             _write_atomic(self.config_path, self._render())
-            await self._reassign_counts(service, table, assignment)
+            moved = await self._reassign_counts(service, table, assignment)
+            # A new release's first requests are logged in full, before any weight is set.
+            commands = self._reset_log_shares(service, moved) + commands
             if commands:
                 log.info("haproxy %s: %s", service, "; ".join(commands))
                 await self.runtime.run(commands)
@@ -931,8 +933,9 @@ class HAProxyRouter:
 
     async def _reassign_counts(
         self, service: str, table: RouteTable, assignment: Mapping[str, int]
-    ) -> None:
-        """Close the books of slots changing hands; open them for their new members."""
+    ) -> list[int]:
+        """Close the books of slots changing hands; open them for their new members.
+        Returns the slots that now serve another release."""
         occupants = self._occupants.setdefault(service, {})
         members = {m.instance_id: m for m in table.members}
         wanted = {k: members[i] for i, k in assignment.items()}
@@ -944,9 +947,10 @@ class HAProxyRouter:
             or occupants[k].instance_id != wanted[k].instance_id
         ]
         if not changing:
-            return
+            return []
         live = await self._slot_counts(service)
         carry = self._carry.setdefault(service, {})
+        moved = []
         for k in changing:
             now = live.get(k, _Count())
             old = occupants.pop(k, None)
@@ -954,6 +958,22 @@ class HAProxyRouter:
                 carry[old.release] = carry.get(old.release, _Count()) + (now - old.baseline)
             if k in wanted:
                 occupants[k] = _Occupant(wanted[k].instance_id, wanted[k].release, now, now)
+                if old is None or old.release != wanted[k].release:
+                    moved.append(k)
+        return moved
+
+    def _reset_log_shares(self, service: str, slots: Sequence[int]) -> list[str]:
+        """Commands that have slots given to another release log all its requests until
+        told otherwise: the share they had was for their last release's traffic."""
+        told = self._log_shares.get(service, {})
+        reset = sorted(k for k in slots if told.get(k, 1000) != 1000)
+        if self._log_target is None or not reset:
+            return []
+        for k in reset:
+            told[k] = 1000
+        self._write_log_shares(service)
+        path = self.log_shares_dir / f"{service}.map"
+        return [f"set map {path} {slot_name(k)} 1000" for k in reset]
 
     async def _adopt_counts(self) -> None:
         """Count from now on for a HAProxy whose earlier counters we never saw."""
