@@ -623,3 +623,29 @@ async def test_a_slot_given_to_another_release_logs_all_its_requests_again(
         assert f"{slot_name(now['C'])} 1000" in live and f"{slot_name(now['A'])} 10" in live
     finally:
         await router.stop()
+
+
+async def test_a_new_router_takes_over_the_log_shares(
+    state_dir: Path, backends: StartBackends
+) -> None:
+    """A restarted controller's router reads the log shares last set and gives the adopted
+    HAProxy's maps those, whatever they hold."""
+    target = str(state_dir / "nowhere.sock")
+    first = HAProxyRouter(state_dir, log_target=target)
+    route = service(slots=2)
+    try:
+        (a1,) = backends("a1")
+        await first.ensure([route])
+        await first.apply(route.name, RouteTable((a1.member("A"),), {"A": 100}))
+        await first.set_log_shares(route.name, {0: 10})
+        path = first.log_shares_dir / "web.map"
+        await first.runtime.run([f"set map {path} s0 500"])  # the live map strays
+        again = HAProxyRouter(state_dir, log_target=target)
+        assert again.log_shares(route.name) == {}  # no services known before ensure
+        await again.ensure([route])
+        assert again.pid == first.pid  # adopted, not restarted
+        assert again.log_shares(route.name) == {0: 10, 1: 1000}
+        live = await again.runtime.query(f"show map {path}")
+        assert "s0 10" in live and "s1 1000" in live
+    finally:
+        await first.stop()

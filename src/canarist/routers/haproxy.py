@@ -527,7 +527,7 @@ class HAProxyRouter:
         self._shape_path = self.state_dir / "haproxy.shape"
         self.log_shares_dir = self.state_dir / LOG_SHARES
         # service -> slot -> per mille of the requests it answers that are logged
-        self._log_shares: dict[str, dict[int, int]] = {}
+        self._log_shares: dict[str, dict[int, int]] = self._load_log_shares()
         self._routes_path = self.state_dir / "routes.json"
         self._haproxy_bin = haproxy_bin
         self._log_target = log_target
@@ -569,7 +569,8 @@ class HAProxyRouter:
                 await self._start(previous=None)
                 self._shape_path.write_text(shape + "\n")
                 return
-            if running != self._pid:
+            adopted = running != self._pid
+            if adopted:
                 self._pid = running
                 await self._adopt_counts()
             if self._running_shape() != shape:
@@ -585,8 +586,11 @@ class HAProxyRouter:
                     raise
                 self._fold_counts()
                 self._shape_path.write_text(shape + "\n")
-            elif not self.config_path.exists() or self.config_path.read_text() != text:
-                await self._write_validated(text)
+            else:
+                if not self.config_path.exists() or self.config_path.read_text() != text:
+                    await self._write_validated(text)
+                if adopted:
+                    await self._push_log_shares()
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge one service's slots to `table` through the Runtime API, no reload."""
@@ -1021,6 +1025,33 @@ class HAProxyRouter:
             for name, r in self._routing.items()
         }
         _write_atomic(self._routes_path, json.dumps({"services": data}, indent=1) + "\n")
+
+    def _load_log_shares(self) -> dict[str, dict[int, int]]:
+        """The log shares last set, from their map files (another controller's too)."""
+        shares: dict[str, dict[int, int]] = {}
+        for path in sorted(self.log_shares_dir.glob("*.map")):
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                log.warning("ignoring unreadable %s: %s", path, exc)
+                continue
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                k = _slot_index(name)
+                if k is not None and value.isdigit():
+                    shares.setdefault(path.stem, {})[k] = max(1, min(1000, int(value)))
+        return shares
+
+    async def _push_log_shares(self) -> None:
+        """Give an adopted HAProxy's maps the shares this router holds: the files it read
+        when it started may have changed since."""
+        commands = [
+            f"set map {self.log_shares_dir / f'{name}.map'} {slot_name(k)} {v}"
+            for name in sorted(self._services)
+            for k, v in sorted(self.log_shares(name).items())
+        ]
+        if self._log_target is not None and commands:
+            await self.runtime.run(commands)
 
     def _load_routes(self) -> dict[str, _Routing]:
         try:
