@@ -35,6 +35,7 @@ def traffic(
     canary_error: float,
     baseline_error: float = 0.005,
     canary_slowdown: float = 1.0,
+    canary_added_ms: float = 0.0,
     weight: float = 0.1,
     tick: float = 0.25,
     seconds: float = 600.0,
@@ -47,8 +48,11 @@ def traffic(
     while elapsed < seconds - 1e-9:
         elapsed += tick
         fresh = []
-        for side, (share, error, slowdown) in enumerate(
-            ((weight, canary_error, canary_slowdown), (1 - weight, baseline_error, 1.0))
+        for side, (share, error, slowdown, added) in enumerate(
+            (
+                (weight, canary_error, canary_slowdown, canary_added_ms),
+                (1 - weight, baseline_error, 1.0, 0.0),
+            )
         ):
             carry[side] += rps * share * tick  # requests split by weight, as a router does
             n = int(carry[side])
@@ -56,7 +60,9 @@ def traffic(
             totals[2 * side] += n
             totals[2 * side + 1] += binomial(rng, n, error)
             count = min(n, latencies_per_tick)
-            fresh.append(tuple(60 * slowdown * rng.lognormvariate(0, 0.5) for _ in range(count)))
+            fresh.append(
+                tuple(60 * slowdown * rng.lognormvariate(0, 0.5) + added for _ in range(count))
+            )
         yield Observation(
             elapsed,
             Sample(totals[0], totals[1], fresh[0]),
@@ -544,6 +550,35 @@ def test_the_false_rollback_rate_holds_under_continuous_monitoring() -> None:
     # min_requests out of reach: no run ends early by passing, the worst case for alpha.
     rate = aa_false_rollbacks(runs, {"alpha": alpha, "min_requests": 10**9}, seed=11)
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def pass_rate(runs: int, seed: int, **stream: float) -> float:
+    """Share of runs of the default judge that pass: 1,000 req/s (canary at 10 %) for up
+    to 10 minutes, looked at every 5 seconds."""
+    passed = 0
+    for run in range(runs):
+        rng = random.Random(seed * 1_000_003 + run)
+        analysis = make_judge("sequential", {}).begin()
+        batches = traffic(rng, rps=1000, tick=5.0, latencies_per_tick=20, **stream)
+        verdict, _ = judge_until_decided(analysis, batches)
+        passed += verdict.outcome == "pass"
+    return passed / runs
+
+
+def test_a_canary_twice_as_likely_to_fail_passes_at_most_beta_of_the_time() -> None:
+    """The stated power: failure odds twice the baseline's (0.5 % against about 1 %)."""
+    runs, beta = 400, 0.1
+    odds = 2 * 0.005 / 0.995
+    rate = pass_rate(runs, 21, canary_error=odds / (1 + odds))
+    assert rate <= beta + 3 * math.sqrt(beta * (1 - beta) / runs)
+
+
+def test_a_canary_slower_by_the_stated_degradation_passes_at_most_beta_of_the_time() -> None:
+    """The stated power for latency: every canary latency 25 % higher plus the 5 ms floor
+    (25 % alone is not enough: on this 60 ms service the floor is another 8 %)."""
+    runs, beta = 400, 0.1
+    rate = pass_rate(runs, 22, canary_error=0.005, canary_slowdown=1.25, canary_added_ms=5.0)
+    assert rate <= beta + 3 * math.sqrt(beta * (1 - beta) / runs)
 
 
 def test_a_generous_alpha_is_still_respected() -> None:

@@ -102,8 +102,10 @@ Guarantees and defaults
     monitoring: a = alpha * (1 - latency_share) for errors (of which REFERENCE_SHARE for the
     reference of a canary judged on its own) and alpha * latency_share for latency
     (union bound). beta = 0.1: a canary whose failure odds are twice the baseline's
-    (error_degradation = 2), or whose latencies are 25 % higher (latency_degradation =
-    0.25), passes with probability at most 0.1 (power 0.9). No pass before
+    (error_degradation = 2), or whose latencies are 25 % higher plus the 5 ms floor
+    (latency_degradation = 0.25, latency_floor_ms = 5: the floor counts on both sides, or
+    a fresh 2 ms release beside a warm 1 ms one could never pass), passes with
+    probability at most 0.1 (power 0.9). No pass before
     `min_requests` canary requests; until then the verdict is no_data.
 
 Assumptions: requests are split between the releases independently of how likely they
@@ -205,9 +207,11 @@ class SequentialSettings(JudgeSettings):
     latency_tolerance: float = Field(default=0.1, ge=0)
     """How much slower than the baseline the canary may be without a rollback (0.1 = 10 %)."""
     latency_degradation: float = Field(default=0.25, gt=0)
-    """How much slower than the baseline a canary must not pass (0.25 = 25 %)."""
+    """How much slower than the baseline (plus the floor) a canary must not pass (0.25 =
+    25 %)."""
     latency_floor_ms: float = Field(default=5.0, ge=0)
-    """Milliseconds of latency a canary may add on top of the tolerance without a rollback."""
+    """Milliseconds of latency a canary may add on top of the tolerance without a
+    rollback; a canary must be slower by the degradation plus these not to pass."""
     min_requests: int = Field(default=200, ge=1)
     """Canary requests before a pass is possible; below it the verdict is no_data."""
     baseline_per_canary: int = Field(default=4, ge=1, le=64)
