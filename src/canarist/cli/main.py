@@ -394,10 +394,16 @@ def render_status(item: dict[str, Any]) -> Table:
             role,
             f"{item['weights'].get(release, 0)}%",
             f"{running}/{len(instances)}",
-            str(counts.get("requests", 0)),
-            str(counts.get("failures", 0)),
+            _with_requested(counts, "requests", "requested"),
+            _with_requested(counts, "failures", "requested_failures"),
         )
     return table
+
+
+def _with_requested(counts: dict[str, int], total: str, requested: str) -> str:
+    """A count, and how much of it came with the canary header, when any did."""
+    by_header = counts.get(requested, 0)
+    return f"{counts.get(total, 0)}" + (f" ({by_header} by header)" if by_header else "")
 
 
 def _simple(verb: str, service: str, config: Path | None, **extra: Any) -> None:
