@@ -558,8 +558,6 @@ class HAProxyRouter:
                 if name not in self._services:
                     del self._routing[name]
             self._reap()
-            for name in self._services:
-                self._write_log_shares(name)
             text = self._render()
             shape = shape_hash(services, log_target=self._log_target)
             running = await self._find_running()
@@ -849,6 +847,9 @@ class HAProxyRouter:
         binary = shutil.which(self._haproxy_bin)
         if binary is None:
             raise RouterError(f"HAProxy binary {self._haproxy_bin!r} not found")
+        # The log share maps it names, as HAProxy will read them when it next starts.
+        for name in self._services:
+            self._write_log_shares(name)
         candidate = self.config_path.with_name(self.config_path.name + ".new")
         candidate.write_text(text)
         try:
