@@ -79,7 +79,7 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 
 from canarist.errors import DriverError, RouterError
@@ -232,25 +232,21 @@ class CollectionStats:
     dropped_logs: int  # log lines HAProxy could not send (the socket's queue was full)
 
 
-def failure_tally(
-    requests: int, errors_5xx: int, connection_errors: int, requested: Tally = Tally()
-) -> Tally:
-    """Attempts and failed attempts; failures capped at attempts (see the module docstring).
-    `requested`: the part of them sent by the canary header, as a tally of its own."""
-    return Tally(requests, min(requests, errors_5xx + connection_errors), *astuple(requested)[:2])
+def failure_tally(requests: int, errors_5xx: int, connection_errors: int) -> Tally:
+    """Attempts and failed attempts; failures capped at attempts (see the module docstring)."""
+    return Tally(requests, min(requests, errors_5xx + connection_errors))
 
 
 def counters_tally(counters: ReleaseCounters) -> Tally:
     """A release's tally from the router's counters, the canary header's part included."""
     extra = counters.extra
-    requested = failure_tally(
+    asked = failure_tally(
         extra.get("requested", 0),
         extra.get("requested_5xx", 0),
         extra.get("requested_connection_errors", 0),
     )
-    return failure_tally(
-        counters.requests, counters.errors_5xx, counters.connection_errors, requested
-    )
+    total = failure_tally(counters.requests, counters.errors_5xx, counters.connection_errors)
+    return replace(total, requested=asked.requests, requested_failures=asked.failures)
 
 
 # How long, and how finely, each release's totals are remembered for `recent`.
