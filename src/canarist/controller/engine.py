@@ -370,24 +370,20 @@ class Engine:
             window = runtime.window
             share = _canary_share(runtime.applied_weights, rollout.release, rollout.previous)
             if share not in (0.0, 1.0):
-                watch.on_its_own, watch.baseline_recent = None, None
-                watch.baseline_recent_ms = ()
+                watch.judge_together()
             elif watch.on_its_own != share:
-                # All traffic on the canary, or none but what asks for it, from now: the
-                # canary is judged on its own against the baseline's recent rate, asked
-                # once per such stretch (it may be a remote query).
-                watch.on_its_own = share
-                watch.baseline_recent, watch.baseline_recent_ms = await self._history(
+                # The baseline's recent rate is asked once per such stretch (it may be a
+                # remote query).
+                recent, recent_ms = await self._history(
                     rollout.service, rollout.previous, latencies=share == 1.0
                 )
+                watch.judge_on_its_own(share, recent, recent_ms)
             watch.observe(
                 svc.analysis,
                 now,
                 window.get(rollout.release),
                 window.get(rollout.previous or ""),
                 share,
-                watch.baseline_recent,
-                watch.baseline_recent_ms,
             )
             row = watch.to_persist()
             if row is not None:

@@ -54,8 +54,7 @@ class Watch:
     baseline_recent: tuple[int, int] | None = None
     on_its_own: float | None = None  # the canary's share when it was 1 or 0 (last tick)
     baseline_recent_ms: tuple[float, ...] = ()  # with `baseline_recent`, when alone
-    _recent_ms_seen: tuple[float, ...] = ()
-    _recent_ms_unstored: tuple[float, ...] = ()
+    _recent_ms_unstored: tuple[float, ...] = ()  # stored once, with the next row
     # Latencies judged since the last stored row, to be stored with the next one.
     unstored: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
     # The canary's requests and failures sent by the canary header: as last seen in the
@@ -86,6 +85,21 @@ class Watch:
         watch.last = watch.offset
         return watch
 
+    def judge_on_its_own(
+        self, share: float, recent: tuple[int, int] | None, recent_ms: tuple[float, ...]
+    ) -> None:
+        """From now the canary takes all the traffic (`share` 1) or none but what asks for
+        it (0): it is judged on its own, against the baseline's counts and latest
+        latencies in the metrics provider's recent history (None and () if unknown)."""
+        self.on_its_own = share
+        self.baseline_recent, self.baseline_recent_ms = recent, recent_ms
+        if recent_ms:
+            self._recent_ms_unstored = recent_ms
+
+    def judge_together(self) -> None:
+        """The canary shares the traffic with the baseline: they are compared side by side."""
+        self.on_its_own, self.baseline_recent, self.baseline_recent_ms = None, None, ()
+
     def observe(
         self,
         spec: AnalysisSpec,
@@ -93,16 +107,9 @@ class Watch:
         canary: ReleaseWindow | None,
         baseline: ReleaseWindow | None,
         canary_weight: float | None = None,
-        baseline_recent: tuple[int, int] | None = None,
-        baseline_recent_ms: tuple[float, ...] = (),
     ) -> Verdict | None:
         """Judge the latest counts; returns the verdict (None without a judge).
-        `canary_weight`: the canary's share of traffic the router has, if known;
-        `baseline_recent` and `baseline_recent_ms`: the baseline's counts and latest
-        latencies in the router's recent history, when the canary is alone."""
-        if baseline_recent_ms and baseline_recent_ms is not self._recent_ms_seen:
-            self._recent_ms_seen = baseline_recent_ms  # stored once, with the next row
-            self._recent_ms_unstored = baseline_recent_ms
+        `canary_weight`: the canary's share of traffic the router has, if known."""
         c, b = _sample(canary), _sample(baseline)
         self._leave_out_requested(canary, canary_weight)
         o, left_out = self.offset, self._left_out
@@ -113,8 +120,8 @@ class Watch:
             o.baseline_requests + b.requests,
             o.baseline_failures + b.failures,
             canary_weight=canary_weight,
-            baseline_recent=baseline_recent,
-            baseline_recent_ms=baseline_recent_ms,
+            baseline_recent=self.baseline_recent,
+            baseline_recent_ms=self.baseline_recent_ms,
         )
         self.unstored[0].extend(c.latencies_ms)
         self.unstored[1].extend(b.latencies_ms)
