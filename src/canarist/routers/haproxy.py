@@ -621,12 +621,7 @@ class HAProxyRouter:
             if self._log_target is None or route is None:
                 return
             wanted = {k: max(1, min(1000, v)) for k, v in shares.items() if 0 <= k < route.slots}
-            self._log_shares.setdefault(service, {}).update(wanted)
-            self._write_log_shares(service)
-            path = self.log_shares_dir / f"{service}.map"
-            await self.runtime.run(
-                [f"set map {path} {slot_name(k)} {v}" for k, v in sorted(wanted.items())]
-            )
+            await self.runtime.run(self._take_log_shares(service, wanted))
 
     def log_shares(self, service: str) -> dict[int, int]:
         """Per slot of the service, the per mille of the requests it answers that are
@@ -898,12 +893,25 @@ class HAProxyRouter:
             log_shares=str(self.log_shares_dir),
         )
 
+    def _take_log_shares(self, service: str, shares: Mapping[int, int]) -> list[str]:
+        """Hold these slots' log shares, on disk too; the commands that give them to HAProxy."""
+        self._log_shares.setdefault(service, {}).update(shares)
+        self._write_log_shares(service)
+        return self._log_share_commands(service, shares)
+
+    def _log_share_commands(self, service: str, shares: Mapping[int, int]) -> list[str]:
+        path = self._log_share_map(service)
+        return [f"set map {path} {slot_name(k)} {v}" for k, v in sorted(shares.items())]
+
+    def _log_share_map(self, service: str) -> Path:
+        return self.log_shares_dir / f"{service}.map"
+
     def _write_log_shares(self, service: str) -> None:
         """The map HAProxy reads the service's log shares from when it starts."""
         shares = self.log_shares(service)
         text = "".join(f"{slot_name(k)} {shares[k]}\n" for k in sorted(shares))
         self.log_shares_dir.mkdir(exist_ok=True)
-        _write_atomic(self.log_shares_dir / f"{service}.map", text)
+        _write_atomic(self._log_share_map(service), text)
 
     # -- live state ----------------------------------------------------------------------
 
@@ -971,14 +979,10 @@ class HAProxyRouter:
         """Commands that have slots given to another release log all its requests until
         told otherwise: the share they had was for their last release's traffic."""
         told = self._log_shares.get(service, {})
-        reset = sorted(k for k in slots if told.get(k, 1000) != 1000)
+        reset = {k: 1000 for k in slots if told.get(k, 1000) != 1000}
         if self._log_target is None or not reset:
             return []
-        for k in reset:
-            told[k] = 1000
-        self._write_log_shares(service)
-        path = self.log_shares_dir / f"{service}.map"
-        return [f"set map {path} {slot_name(k)} 1000" for k in reset]
+        return self._take_log_shares(service, reset)
 
     async def _adopt_counts(self) -> None:
         """Count from now on for a HAProxy whose earlier counters we never saw."""
@@ -1047,9 +1051,9 @@ class HAProxyRouter:
         """Give an adopted HAProxy's maps the shares this router holds: the files it read
         when it started may have changed since."""
         commands = [
-            f"set map {self.log_shares_dir / f'{name}.map'} {slot_name(k)} {v}"
+            command
             for name in sorted(self._services)
-            for k, v in sorted(self.log_shares(name).items())
+            for command in self._log_share_commands(name, self.log_shares(name))
         ]
         if self._log_target is not None and commands:
             await self.runtime.run(commands)
