@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +59,23 @@ class Canarist:
 
     def controller_pid(self) -> int:
         return int(json.loads((self.root / ".canarist" / "controller.json").read_text())["pid"])
+
+    def kill_haproxy(self, timeout: float = 15) -> int:
+        """SIGKILL the HAProxy canarist runs; the PID of the one the controller starts
+        again, once its pidfile names it."""
+        pidfile = self.root / ".canarist" / "haproxy" / "haproxy.pid"
+        old = int(pidfile.read_text())
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                new = int(pidfile.read_text())
+            except (OSError, ValueError):
+                new = old
+            if new != old:
+                return new
+            time.sleep(0.2)
+        raise AssertionError("HAProxy was not restarted")
 
     def wait_for(
         self, predicate: Any, timeout: float = 60, what: str = "condition", service: str = "web"

@@ -216,10 +216,7 @@ def test_crashes_of_haproxy_and_the_controller_do_not_fool_the_judge(
         before = cli.wait_for(
             lambda s: s["canary"] == ref and canary_requests(s) >= 60, what="canary traffic"
         )
-        pidfile = cli.root / ".canarist" / "haproxy" / "haproxy.pid"
-        old_haproxy = int(pidfile.read_text())
-        os.kill(old_haproxy, signal.SIGKILL)
-        wait_until(lambda: _pid_in(pidfile) not in (None, old_haproxy), "HAProxy restarted")
+        cli.kill_haproxy()
         time.sleep(1.0)  # counted by the new HAProxy from zero
         controller = cli.controller_pid()
         os.kill(controller, signal.SIGKILL)
@@ -243,13 +240,6 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> An
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def _pid_in(path: Path) -> int | None:
-    try:
-        return int(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _ended(cli: Canarist, rollout_id: int) -> dict[str, Any] | None:
