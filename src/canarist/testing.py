@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from canarist.errors import InstanceFailed, UnknownRelease
-from canarist.metrics.base import ReleaseWindow
+from canarist.metrics.base import RECENT_LATENCIES, ReleaseWindow
 from canarist.platforms.base import Instance
 from canarist.routers.base import ReleaseCounters, RouteTable, ServiceRoute
 
@@ -220,8 +220,8 @@ class FakeMetrics:
         return sum(n for n, _ in counted), sum(f for _, f in counted)
 
     async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
-        """Every latency added for the release (the last 2,048), oldest first."""
-        return tuple(self.latency_log.get((service, release), [])[-2048:])
+        """Every latency added for the release (the last RECENT_LATENCIES), oldest first."""
+        return tuple(self.latency_log.get((service, release), [])[-RECENT_LATENCIES:])
 
     async def reset(self, service: str) -> None:
         """A new window."""

@@ -297,9 +297,18 @@ def test_the_routers_recent_history_is_a_better_reference() -> None:
     assert int(recent.figures["reference_requests"]) == 60_000
 
 
-def alone_with_latencies(seed: int, slowdown: float, seconds: float = 120.0) -> Verdict:
-    """All traffic on the canary (100 req/s, 0.5 % errors like before), its latencies
-    `slowdown` times the baseline's 2,048 latest from before the switch."""
+def alone_with_latencies(
+    seed: int,
+    slowdown: float,
+    seconds: float = 120.0,
+    *,
+    slower_from: float = 0.0,
+    added_ms: float = 0.0,
+    logged: int = 5,
+) -> Verdict:
+    """All traffic on the canary (100 req/s, 0.5 % errors like before), `logged` of its
+    latencies a tick: from `slower_from` seconds on, `slowdown` times the baseline's
+    (its 2,048 latest from before the switch), plus `added_ms`."""
     rng = random.Random(seed)
     before = tuple(60 * rng.lognormvariate(0, 0.5) for _ in range(2048))
     analysis = SequentialJudge().begin()
@@ -308,7 +317,8 @@ def alone_with_latencies(seed: int, slowdown: float, seconds: float = 120.0) -> 
         elapsed += 0.25
         requests += 25
         failures += binomial(rng, 25, 0.005)
-        fresh = tuple(60 * slowdown * rng.lognormvariate(0, 0.5) for _ in range(5))
+        factor, added = (slowdown, added_ms) if elapsed > slower_from else (1.0, 0.0)
+        fresh = tuple(60 * factor * rng.lognormvariate(0, 0.5) + added for _ in range(logged))
         verdict = analysis.update(
             Observation(
                 elapsed,
@@ -334,6 +344,29 @@ def test_a_slower_canary_alone_is_rolled_back_against_the_baselines_latencies_be
 def test_a_canary_alone_as_fast_as_before_is_not_rolled_back_for_latency() -> None:
     """The same latencies as before: no rollback over 100 seeded two-minute stretches."""
     assert sum(alone_with_latencies(seed, 1.0).outcome == "fail" for seed in range(100)) <= 1
+
+
+def test_a_canary_alone_is_still_watched_once_the_latencies_from_before_are_used_up() -> None:
+    """Every request logged: the 2,048 latencies from before are used up within seconds,
+    yet a release that turns 50 % slower a minute and a half after the switch is rolled
+    back within seconds, held to a bound on the old release's median."""
+    verdict = alone_with_latencies(4, 1.5, 180.0, slower_from=90.0, logged=25)
+    assert verdict.outcome == "fail", verdict.reason
+    assert "later ones over" in verdict.reason
+    assert 90 < float(verdict.figures["elapsed_s"]) < 100
+    assert int(verdict.figures["latency_pairs"]) < 1000  # the rank test had stopped
+    assert int(verdict.figures["latency_beyond_reference"]) > 1000
+
+
+def test_a_canary_alone_within_the_tolerance_is_not_rolled_back_after_the_reference() -> None:
+    """Five minutes alone, every request logged, each as slow as the tolerance and the
+    floor allow (10 % slower plus 5 ms: the hardest case for the null): no rollback in
+    60 seeded runs, long after the latencies from before are used up."""
+    rolled_back = sum(
+        alone_with_latencies(seed, 1.1, 300.0, added_ms=5.0, logged=25).outcome == "fail"
+        for seed in range(60)
+    )
+    assert rolled_back <= 1
 
 
 def test_a_canary_alone_with_no_baseline_rate_is_not_judged_alone() -> None:
@@ -462,6 +495,38 @@ def test_a_regression_that_starts_late_is_caught_quickly() -> None:
             break
     assert verdict.outcome == "fail"
     assert later.canary.failures <= 30
+
+
+def test_a_latency_regression_that_starts_late_is_caught_within_seconds() -> None:
+    """Heavy traffic, every request's latency logged: 90 good seconds (tens of thousands
+    of comparisons the canary did not lose), then 50 % slower. Rolled back within a few
+    seconds of the change, not first after the good stretch is climbed back or at the
+    next restart."""
+    analysis = SequentialJudge(SequentialSettings(min_requests=10**9)).begin()
+    rng = random.Random(6)
+    heavy = {"rps": 1000, "canary_error": 0.005, "latencies_per_tick": 1000}
+    for o in traffic(rng, seconds=90, **heavy):
+        assert analysis.update(o).outcome != "fail"
+    for later in traffic(rng, seconds=60, canary_slowdown=1.5, **heavy):
+        shifted = Observation(
+            90 + later.elapsed,
+            Sample(
+                o.canary.requests + later.canary.requests,
+                o.canary.failures + later.canary.failures,
+                later.canary.latencies_ms,
+            ),
+            Sample(
+                o.baseline.requests + later.baseline.requests,
+                o.baseline.failures + later.baseline.failures,
+                later.baseline.latencies_ms,
+            ),
+        )
+        verdict = analysis.update(shifted)
+        if verdict.outcome == "fail":
+            break
+    assert verdict.outcome == "fail"
+    assert "slower" in verdict.reason
+    assert later.elapsed <= 5
 
 
 def test_a_verdict_of_fail_is_final() -> None:

@@ -87,26 +87,40 @@ When the split is not random: the canary alone, or only on request
     compared with the baseline's latest latencies from before (the router's
     `Observation.baseline_recent_ms`, or the latest this analysis saw, whichever are
     more), each used once, oldest first, as the rank test above uses fresh baseline
-    samples. The analysis should start before the canary takes traffic, so that the
+    samples. Once they are used up (within seconds when every request is logged), the
+    watch goes on: each later canary latency is held to their median m, which, scaled as
+    the rank test scales, it exceeds under the null with probability at most the
+    reference's share above m plus a Dvoretzky-Kiefer-Wolfowitz margin (Massart 1990);
+    the k-th such bound of a rollout fails with probability at most 6 / (pi^2 k^2) of
+    REFERENCE_SHARE of the latency test's alpha. A Bernoulli likelihood ratio against the
+    bound per mixture component keeps the mixture a supermartingale while the bound
+    holds. The analysis should start before the canary takes traffic, so that the
     baseline's rate is known by then (the controller starts it with the rollout).
 
 Restarts, so that a late regression is caught as fast as an early one
     Under the null a mixture drifts down, and after a long good stretch a regression
-    would first have to climb back. So the rollback mixtures start afresh every
-    RESTART_EVERY seconds: run j alarms at 1 / (a w_j), where run 1 (from the start) has
-    w_1 = FIRST_RUN_SHARE and later runs share the rest as 6 / (pi^2 (j - 1)^2). By a
-    union bound over runs the false-rollback probability stays at most a.
+    would first have to climb back. So the error test's rollback mixture starts afresh
+    every RESTART_EVERY seconds: run j alarms at 1 / (a w_j), where run 1 (from the
+    start) has w_1 = FIRST_RUN_SHARE and later runs share the rest as
+    6 / (pi^2 (j - 1)^2); by a union bound over runs the false-rollback probability stays
+    at most a. The latency test sees far more samples (hundreds a second under heavy
+    traffic), so that a minute of good ones would sink a run deep before a regression
+    began; its mixture instead adds to the run from the start a run from every later
+    second s, weighted (1 - FIRST_RUN_SHARE) / (s (s + 1)): a sum of supermartingales,
+    kept in one number per component (the Shiryaev-Roberts recursion; the e-detectors
+    of Shin, Ramdas & Rinaldo 2024), that alarms at 1 / a whatever the second a
+    regression began, at a cost of about log(s^2) in evidence.
 
 Guarantees and defaults
     alpha = 0.01 is the false-rollback rate of the whole judge, under continuous
-    monitoring: a = alpha * (1 - latency_share) for errors (of which REFERENCE_SHARE for the
-    reference of a canary judged on its own) and alpha * latency_share for latency
-    (union bound). beta = 0.1: a canary whose failure odds are twice the baseline's
-    (error_degradation = 2), or whose latencies are 25 % higher plus the 5 ms floor
-    (latency_degradation = 0.25, latency_floor_ms = 5: the floor counts on both sides, or
-    a fresh 2 ms release beside a warm 1 ms one could never pass), passes with
-    probability at most 0.1 (power 0.9). No pass before
-    `min_requests` canary requests; until then the verdict is no_data.
+    monitoring: a = alpha * (1 - latency_share) for errors and alpha * latency_share for
+    latency (union bound), each keeping REFERENCE_SHARE of its part for the bounds that
+    a canary judged on its own is held to. beta = 0.1: a canary whose failure odds are
+    twice the baseline's (error_degradation = 2), or whose latencies are 25 % higher plus
+    the 5 ms floor (latency_degradation = 0.25, latency_floor_ms = 5: the floor counts on
+    both sides, or a fresh 2 ms release beside a warm 1 ms one could never pass), passes
+    with probability at most 0.1 (power 0.9). No pass before `min_requests` canary
+    requests; until then the verdict is no_data.
 
 Assumptions: requests are split between the releases independently of how likely they
 are to fail (by weight, not by a client property that also drives failures); the
@@ -138,10 +152,15 @@ References
     E. L. Lehmann (1953), The power of rank tests, Ann. Math. Stat. 24(1).
     R. L. Berger (1982), Multiparameter hypothesis testing and acceptance sampling,
         Technometrics 24(4).
+    J. Shin, A. Ramdas, A. Rinaldo (2024), E-detectors: a nonparametric framework for
+        sequential change detection, New England J. Stat. Data Sci. 2(2).
+    P. Massart (1990), The tight constant in the Dvoretzky-Kiefer-Wolfowitz
+        inequality, Ann. Probab. 18(3).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -184,7 +203,7 @@ SHARE_SETTLE = 0.5
 # judged on its own (all the traffic on it, or none but what asks for it) is held to.
 REFERENCE_SHARE = 0.1
 # The baseline's latest latencies a canary alone is compared with, at most.
-REFERENCE_LATENCIES = 2048
+REFERENCE_LATENCIES = 16_384
 # Rollback mixtures start afresh this often; the first run keeps most of alpha.
 RESTART_EVERY = 60.0
 FIRST_RUN_SHARE = 0.8
@@ -357,6 +376,60 @@ class _Restarted:
     def p_value(self) -> float:
         """Always-valid p-value: under the null, P(it ever falls to p or below) <= p."""
         return min(1.0, 1.0 / (FIRST_RUN_SHARE * self.peak))
+
+
+class _Detector:
+    """The latency rollback mixture: a run from the start, and the rest of alpha on runs
+    from every later second, summed (see the module docstring).
+
+    For each component, `first` is its log likelihood ratio since the start and `later`
+    the log of sum over starts s of w_s times its likelihood ratio since s, with
+    w_s = 1 / (s (s + 1)) for the s-th second: kept by later <- increment +
+    log(exp(later) + w) as seconds begin. Each such term is a supermartingale under
+    the null and the weights sum to at most 1, so the mixture of the two, weighted
+    FIRST_RUN_SHARE and 1 - FIRST_RUN_SHARE, ever reaches 1 / alpha with probability
+    at most alpha (Ville). Unlike restarts, no stretch of good evidence before a
+    regression has to be climbed back: the run from the second it began counts too.
+    """
+
+    def __init__(self, size: int, alpha: float) -> None:
+        self.first = [0.0] * size
+        self.later = [-math.inf] * size
+        self._log_size = math.log(size)
+        self._seconds = 0  # later runs begun
+        self.bar = 1.0 / alpha
+        self.evidence = FIRST_RUN_SHARE  # the run from the start, at 1; none later yet
+        self.peak = self.evidence
+        self.alarmed = False
+
+    def begin_due(self, now: float) -> None:
+        """Begin the later runs of the seconds that have started by `now`."""
+        due = math.floor(now)
+        if due <= self._seconds:
+            return
+        # sum of 1 / (s (s + 1)) for s in (begun, due]: 1 / (begun + 1) - 1 / (due + 1)
+        log_weight = math.log(1 / (self._seconds + 1) - 1 / (due + 1))
+        self.later = [_logsumexp([log, log_weight]) for log in self.later]
+        self._seconds = due
+
+    def add(self, increments: Sequence[float]) -> None:
+        """Multiply each component's runs by exp(increment); raise the alarm at the bar."""
+        first, later = self.first, self.later
+        for i, increment in enumerate(increments):
+            first[i] += increment
+            later[i] += increment
+        log_first = math.log(FIRST_RUN_SHARE)
+        log_later = math.log(1 - FIRST_RUN_SHARE)
+        self.evidence = _exp(
+            _logsumexp([log + log_first for log in first] + [log + log_later for log in later])
+            - self._log_size
+        )
+        self.peak = max(self.peak, self.evidence)
+        self.alarmed = self.alarmed or self.evidence >= self.bar
+
+    def p_value(self) -> float:
+        """Always-valid p-value: under the null, P(it ever falls to p or below) <= p."""
+        return min(1.0, 1.0 / self.peak)
 
 
 class _RateMixture:
@@ -698,7 +771,11 @@ class _LatencyTest:
         self.fail_scale = 1 + settings.latency_tolerance
         self.pass_scale = 1 + settings.latency_degradation
         self.floor = settings.latency_floor_ms
-        self.fail = _Restarted(len(LATENCY_FAIL_GRID), alpha)
+        # REFERENCE_SHARE of alpha is kept for the bounds on the baseline's median that a
+        # canary alone is held to once the latencies from before are used up.
+        self.fail = _Detector(len(LATENCY_FAIL_GRID), alpha * (1 - REFERENCE_SHARE))
+        self._bound_alpha = alpha * REFERENCE_SHARE
+        self._bounds = 0  # bounds made in this analysis
         self.pass_ = _Mixture(len(LATENCY_PASS_GRID))
         self._fail_table = _lehmann_table(self.k_max, LATENCY_FAIL_GRID)
         self._pass_table = _lehmann_table(self.k_max, LATENCY_PASS_GRID)
@@ -706,6 +783,8 @@ class _LatencyTest:
         self._baseline: deque[tuple[float, float]] = deque()
         # The baseline's latencies from before, while the canary is alone (None else).
         self.reference: deque[tuple[float, float]] | None = None
+        # What the canary is held to once those are used up (None: nothing).
+        self.beyond: _BeyondReference | None = None
         self._latest: deque[float] = deque(maxlen=REFERENCE_LATENCIES)  # the baseline's
         self.pairs = 0
         self.slower = 0.0  # sum of R/k: the share of comparisons the canary lost
@@ -720,14 +799,22 @@ class _LatencyTest:
         analysis saw, whichever are more."""
         latencies = from_router if len(from_router) > len(self._latest) else self._latest
         self.reference = deque((0.0, v) for v in latencies)
+        self.beyond = None
+        if latencies:
+            self._bounds += 1
+            delta = self._bound_alpha * 6 / (math.pi**2 * self._bounds**2)
+            self.beyond = _BeyondReference.of(
+                latencies, delta, self.fail_scale, self.floor, LATENCY_FAIL_GRID
+            )
 
     def together(self) -> None:
         """The baseline runs beside the canary again: compare with its own latencies."""
         self.reference = None
+        self.beyond = None
 
     def update(self, now: float, canary: Sequence[float], baseline: Sequence[float]) -> None:
         """Queue fresh samples, drop stale ones, and compare as many as can be paired."""
-        self.fail.restart_if_due(now)
+        self.fail.begin_due(now)
         pending_c = self._canary
         pending_c.extend([(now, v) for v in canary])
         cutoff = now - self.window
@@ -742,7 +829,8 @@ class _LatencyTest:
             self._latest.extend(baseline)
             while pending_b and pending_b[0][0] < cutoff:
                 pending_b.popleft()
-        if not (pending_c and pending_b):
+        beyond = self.beyond if self.reference is not None else None
+        if not (pending_c and (pending_b or beyond is not None)):
             return
         fail_logs = [0.0] * len(LATENCY_FAIL_GRID)
         pass_logs = [0.0] * len(LATENCY_PASS_GRID)
@@ -763,8 +851,61 @@ class _LatencyTest:
                 pass_logs[i] += row[passed]
             self.pairs += 1
             self.slower += beaten / k
+        if beyond is not None and not pending_b:
+            # The latencies from before are used up: what the canary answers from now on
+            # is held to the bound on their median (only counts chose these samples).
+            while pending_c:
+                beyond.score(pending_c.popleft()[1], fail_logs)
         self.fail.add(fail_logs)
         self.pass_.add(pass_logs)
+
+
+class _BeyondReference:
+    """A canary alone, once the baseline's latencies from before are used up: whether
+    each of its latencies exceeds their median m scaled as the rank test scales (times
+    1 + latency_tolerance, plus the floor). Under the null the canary exceeds it with
+    probability at most P(baseline > m) <= p0, the reference's share above m plus
+    the Dvoretzky-Kiefer-Wolfowitz margin sqrt(log(2 / delta) / 2n) (Massart 1990),
+    which holds for every threshold at once, the median found from the same sample
+    included, except with probability delta. Each latency multiplies component a of the
+    rollback mixture by the Bernoulli likelihood ratio of p1 = 1 - (1 - p0)^a (the
+    Lehmann alternative F^a at m) against p0; with p1 >= p0 its expectation is at most
+    1 given everything before it, so the mixture stays a supermartingale."""
+
+    def __init__(self, limit: float, p0: float, grid: Sequence[float]) -> None:
+        self.limit = limit
+        self.p0 = p0
+        self.above = [math.log((1 - (1 - p0) ** a) / p0) for a in grid]
+        self.below = [(a - 1) * math.log(1 - p0) for a in grid]
+        self.count = 0
+        self.exceeded = 0
+
+    @classmethod
+    def of(
+        cls,
+        latencies: Sequence[float],
+        delta: float,
+        scale: float,
+        floor: float,
+        grid: Sequence[float],
+    ) -> _BeyondReference | None:
+        """The bound from a reference sample, or None if it says nothing (too few)."""
+        ordered = sorted(latencies)
+        n = len(ordered)
+        median = ordered[n // 2]
+        above = (n - bisect.bisect_right(ordered, median)) / n
+        p0 = above + math.sqrt(math.log(2 / delta) / (2 * n))
+        if p0 >= 1:
+            return None
+        return cls(median * scale + floor, p0, grid)
+
+    def score(self, value: float, logs: list[float]) -> None:
+        """Add one canary latency's log likelihood ratios to `logs`."""
+        exceeded = value > self.limit  # a tie never counts to a rollback
+        self.count += 1
+        self.exceeded += exceeded
+        for i, (up, down) in enumerate(zip(self.above, self.below, strict=True)):
+            logs[i] += up if exceeded else down
 
 
 def _lehmann_table(k_max: int, grid: Sequence[float]) -> list[list[list[float]]]:
@@ -895,9 +1036,16 @@ class SequentialAnalysis:
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
         if latency is not None and latency.fail.alarmed:
             before = " before it took all traffic" if latency.reference is not None else ""
+            compared = f"{latency.pairs} compared samples"
+            beyond = latency.beyond if latency.reference is not None else None
+            if beyond is not None and beyond.count:
+                compared += (
+                    f" and {beyond.exceeded} of {beyond.count} later ones over "
+                    f"{beyond.limit:.0f} ms (the baseline's median before, plus the tolerance)"
+                )
             reason = (
-                f"canary slower than baseline{before}: {self._medians()} over {latency.pairs} "
-                f"compared samples (evidence {slower:.0f} >= {latency.fail.bar:.0f}; "
+                f"canary slower than baseline{before}: {self._medians()} over {compared} "
+                f"(evidence {slower:.0f} >= {latency.fail.bar:.0f}; "
                 f"false-rollback rate {s.alpha:g})"
             )
             return Verdict(FAIL, reason, self._figures(elapsed, evidence, fresh=True))
@@ -983,6 +1131,10 @@ class SequentialAnalysis:
             figures["latency_slower_share"] = (
                 latency.slower / latency.pairs if latency.pairs else 0.0
             )
+            if latency.reference is not None and latency.beyond is not None:
+                figures["latency_reference_limit_ms"] = latency.beyond.limit
+                figures["latency_beyond_reference"] = latency.beyond.count
+                figures["latency_beyond_reference_over_limit"] = latency.beyond.exceeded
         # Quantiles over the whole analysis barely move once there are many samples:
         # recompute them when the samples have grown by 5 %, and for a decision.
         count = self._canary_latency.count + self._baseline_latency.count

@@ -57,6 +57,12 @@ class Metrics(Protocol):
         """Start a new window for every release of the service, from this moment."""
 
 
+# How many of each release's latest latencies a provider with history keeps, at most:
+# a canary alone is compared with each once, then held to a bound on their median,
+# which tightens as sqrt(1 / RECENT_LATENCIES).
+RECENT_LATENCIES = 16_384
+
+
 @runtime_checkable
 class KeepsHistory(Protocol):
     """A provider that remembers each release's counts of the last minutes and its latest
@@ -68,8 +74,8 @@ class KeepsHistory(Protocol):
         them as the provider saw), or None when it has seen nothing of the release."""
 
     async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
-        """The latencies (ms) of the release's latest successful requests, a bounded
-        number, oldest first; () when the provider sees no request latencies."""
+        """The latencies (ms) of the release's latest successful requests, up to
+        RECENT_LATENCIES, oldest first; () when the provider sees no request latencies."""
 
 
 @runtime_checkable

@@ -83,7 +83,7 @@ from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 
 from canarist.errors import DriverError, RouterError
-from canarist.metrics.base import ReleaseWindow
+from canarist.metrics.base import RECENT_LATENCIES, ReleaseWindow
 from canarist.routers.base import ReleaseCounters
 from canarist.routers.haproxy import HAProxyRouter, backend_name, canary_backend_name
 
@@ -252,8 +252,6 @@ def counters_tally(counters: ReleaseCounters) -> Tally:
 # How long, and how finely, each release's totals are remembered for `recent`.
 HISTORY_SECONDS = 900.0
 HISTORY_STEP = 1.0
-# How many of each release's latest latencies are remembered for `recent_latencies`.
-RECENT_LATENCIES = 2048
 
 
 # Log lines a second a service's requests may cost, about, under heavy traffic; a release
