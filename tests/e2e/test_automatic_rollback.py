@@ -41,25 +41,29 @@ services:
 RATE = 300.0
 WEIGHT = 0.10
 BAD_ERROR = 0.20
+LATE = 4.0  # seconds after its start that v6 turns slower: inside the 6 s warm period
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Canarist, dict[str, str]]]:
-    """v1 and a healthy v3 with 0.5 % errors, a bad v2 with 20 %, a v4 40 ms slower; v1
-    serving."""
+    """v1 and a healthy v3 with 0.5 % errors, a bad v2 with 20 %, a v4 40 ms slower, a
+    v6 40 ms slower from 4 s after it starts; v1 serving."""
     root: Path = tmp_path_factory.mktemp("analysis")
     port = free_port()
     (root / "canarist.yaml").write_text(SPEC.format(port=port))
     cli = Canarist(root, port)
     refs = {}
     apps = (
-        ("v1", "1", 0.005, 0.0),
-        ("bad", "2", BAD_ERROR, 0.0),
-        ("good", "3", 0.005, 0.0),
-        ("slow", "4", 0.005, 40.0),
+        ("v1", "1", 0.005, 0.0, 0.0),
+        ("bad", "2", BAD_ERROR, 0.0, 0.0),
+        ("good", "3", 0.005, 0.0, 0.0),
+        ("slow", "4", 0.005, 40.0, 0.0),
+        ("late", "6", 0.005, 40.0, LATE),
     )
-    for name, version, error, delay in apps:
-        app = write_app(root / name, version=version, error_rate=error, delay_ms=delay)
+    for name, version, error, delay, late in apps:
+        app = write_app(
+            root / name, version=version, error_rate=error, delay_ms=delay, delay_from_s=late
+        )
         refs[name] = cli("build", str(app)).stdout.strip().splitlines()[-1]
     cli("up")
     try:
@@ -181,20 +185,42 @@ def test_a_healthy_blue_green_release_is_promoted_after_its_warm_period(
     assert cli.status()["stable"] == target
 
 
+def switched_back_for_latency(cli: Canarist, ref: str, version: str) -> tuple[dict[str, Any], int]:
+    """Deploy blue-green under load; assert it was switched back to the old release for
+    latency. Its rollout as history gives it, and the requests it served."""
+    stable = cli.status()["stable"]
+    code, took, load = deploy_under_load(cli, ref, "--strategy", "blue-green", warmup=3.0)
+    served = load.report.by_version[version] + load.report.failed_by_version[version]
+    print(f"v{version} blue-green: rolled back after {took:.1f}s, having served {served} requests")
+    assert code == 3
+    history: dict[str, Any] = json.loads(cli("history", "web", "--json").stdout)[0]
+    assert "slower than baseline before it took all traffic" in history["reason"]
+    assert cli.status()["stable"] == stable
+    return history, served
+
+
 def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
     project: tuple[Canarist, dict[str, str]],
 ) -> None:
     """40 ms slower than the old release was before the switch, the same errors: rolled
     back for latency (HAProxy's logged latencies of the old release are the reference)."""
     cli, refs = project
-    stable = cli.status()["stable"]
-    code, took, load = deploy_under_load(cli, refs["slow"], "--strategy", "blue-green", warmup=3.0)
-    served = load.report.by_version["4"] + load.report.failed_by_version["4"]
-    print(f"slow blue-green: rolled back after {took:.1f}s, having served {served} requests")
-    assert code == 3
-    history = json.loads(cli("history", "web", "--json").stdout)[0]
-    assert "slower than baseline before it took all traffic" in history["reason"]
-    assert cli.status()["stable"] == stable
+    switched_back_for_latency(cli, refs["slow"], "4")
+
+
+def test_a_blue_green_release_that_turns_slower_later_is_switched_back(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """Fast at first, 40 ms slower from 4 s after it starts, a few seconds into its warm
+    period: the watch does not stop after the first comparisons, and a regression that
+    begins after a good stretch is not first outweighed by it. Switched back."""
+    cli, refs = project
+    history, served = switched_back_for_latency(cli, refs["late"], "6")
+    # It served as fast as the old release for seconds first, and was judged the same.
+    verdicts = [e for e in history["events"] if e["kind"] == "analysis.verdict"]
+    assert verdicts[-1]["detail"]["verdict"] == "fail"
+    assert float(verdicts[-1]["detail"]["figures"]["elapsed_s"]) > LATE
+    assert served > 300
 
 
 def test_crashes_of_haproxy_and_the_controller_do_not_fool_the_judge(

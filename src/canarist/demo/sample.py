@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 VERSION = "{version}"
 ERROR_RATE = {error_rate}  # share of requests answered 500, to show automatic rollback
 DELAY = {delay_ms} / 1000  # seconds added to every answer, to show a latency rollback
+DELAY_FROM = {delay_from_s}  # ... once the process has run this many seconds
+STARTED = time.monotonic()
 RELEASE = os.environ.get("CANARIST_RELEASE", "dev")
 INSTANCE = os.environ.get("CANARIST_INSTANCE", "dev")
 
@@ -36,7 +38,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             self.reply(200, b"ok\\n", "text/plain")
             return
-        if DELAY:
+        if DELAY and time.monotonic() - STARTED >= DELAY_FROM:
             time.sleep(DELAY)
         if ERROR_RATE and random.random() < ERROR_RATE:
             self.reply(500, b'{{"error": "injected"}}\\n', "application/json")
@@ -108,12 +110,19 @@ services:
 
 
 def write_app(
-    directory: Path, version: str = "1.0.0", error_rate: float = 0.0, delay_ms: float = 0.0
+    directory: Path,
+    version: str = "1.0.0",
+    error_rate: float = 0.0,
+    delay_ms: float = 0.0,
+    delay_from_s: float = 0.0,
 ) -> Path:
     """Write the sample app into `directory` (created if needed): it fails `error_rate`
-    of its requests and answers `delay_ms` later than it could."""
+    of its requests and, once it has run `delay_from_s` seconds, answers `delay_ms`
+    later than it could."""
     directory.mkdir(parents=True, exist_ok=True)
-    server = SERVER.format(version=version, error_rate=error_rate, delay_ms=delay_ms)
+    server = SERVER.format(
+        version=version, error_rate=error_rate, delay_ms=delay_ms, delay_from_s=delay_from_s
+    )
     (directory / "server.py").write_text(server)
     (directory / "pyproject.toml").write_text(PYPROJECT.format(version=version))
     return directory
