@@ -14,11 +14,13 @@ The traffic model
     Time moves in 0.25 s ticks (canarist's metric polling). Per tick and release, the
     request count is Poisson and the failures binomial. Latencies are lognormal (median
     60 ms, sigma 0.5, so p99 = 192 ms); a regression multiplies every canary latency.
-    canarist's judges see latency samples as HAProxy logs give them, at most 50 a second
-    per release; the peers see the exact p99 of all requests in their window (drawn as
-    an order statistic of the same distribution, from a separate generator so the
-    request stream does not depend on which policies run). Once every tick-by-tick
-    policy has decided, the remaining interval-based ones are fed whole intervals.
+    canarist's judges see the latencies HAProxy logs: the share of each release's
+    requests that the HAProxy provider's `log_shares` sets (all of them up to 1,000
+    requests a second per service, so every request at these rates); the peers see the
+    exact p99 of all requests in their window (drawn as an order statistic of the same
+    distribution, from a separate generator so the request stream does not depend on
+    which policies run). Once every tick-by-tick policy has decided, the remaining
+    interval-based ones are fed whole intervals.
 
 The peers, as modelled (generously: no metric scrape or alarm delay, constant weight)
     Flagger (interval 1m, threshold 1 or 5): a check every 60 s over the last minute,
@@ -70,6 +72,7 @@ from statistics import NormalDist
 from typing import TypeVar
 
 from canarist.judges import Analysis, Observation, Sample, make_judge
+from canarist.metrics.haproxy import log_shares
 
 TICK = 0.25
 BASELINE_ERROR = 0.005
@@ -77,7 +80,6 @@ CANARY_WEIGHT = 0.10
 RATES = (10, 100, 1000)
 LATENCY_MEDIAN_MS = 60.0
 LATENCY_SIGMA = 0.5
-LATENCY_SAMPLES_PER_SECOND = 50.0  # per release, as HAProxy log sampling might give
 P99_LIMIT_MS = 500.0
 AA_HORIZON = 600.0
 BAD_HORIZON = 1800.0
@@ -189,8 +191,10 @@ class Stream:
         self.baseline = Side()
         self.canary_rate = scenario.rps * CANARY_WEIGHT
         self.baseline_rate = scenario.rps * (1 - CANARY_WEIGHT)
-        self.canary_sampling = min(1.0, LATENCY_SAMPLES_PER_SECOND / self.canary_rate)
-        self.baseline_sampling = min(1.0, LATENCY_SAMPLES_PER_SECOND / self.baseline_rate)
+        # The share of each release's requests HAProxy logs, as the provider sets it.
+        shares = log_shares({"canary": self.canary_rate, "baseline": self.baseline_rate})
+        self.canary_sampling = shares["canary"] / 1000
+        self.baseline_sampling = shares["baseline"] / 1000
         self.logs_latencies = False  # only while some policy reads them
         self._sides = (
             (

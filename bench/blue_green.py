@@ -5,13 +5,17 @@ Run:  .venv/bin/python -m bench.blue_green [--runs N] [--aa-runs N] [--jobs J] [
 The old release served alone for the ten minutes before the switch (error rate 0.5 %,
 latencies lognormal with median 60 ms and p99 192 ms, as in bench/blast_radius.py); then
 the new one takes every request, at 10, 100 or 1000 requests/s, failing at 2, 5, 20 or
-100 %, or 50 % or 200 % slower, or like the old one (A/A), while the old one stays warm,
+100 %, or 50 % or 200 % slower (or 50 % slower only from two minutes after the switch:
+a regression that comes with load, a leak or a cache), or like the old one (A/A), while
+the old one stays warm,
 with no traffic, for a ten-minute warm period: the time in which a rollback is a weight
 change. Time moves in 0.25 s ticks; per tick the request count is Poisson, the failures
-binomial and up to 12 latencies are logged (HAProxy's sample), from one seeded stream
-per run shared by every policy. For each scenario it prints, per policy, how often the
+binomial, and the latencies HAProxy logs are drawn (the share of requests the HAProxy
+provider's `log_shares` sets: all of them at these rates), from one seeded stream per
+run shared by every policy. For each scenario it prints, per policy, how often the
 bad release was rolled back within the warm period, the median and p95 failed requests
-(slowed requests, for a slower release) served before the decision (">N": the median
+(slowed requests, for a slower release: those it served once slower) served before the
+decision (">N": the median
 run never rolled back, N is what it served in the whole warm period), and the median
 time to the decision; then every policy's false-rollback rate over the A/A runs.
 
@@ -19,7 +23,7 @@ The policies
     canarist sequential (default): fed every tick from the rollout's start, as the
         controller does: a second with the new release starting, no weight (the old one
         serving), then all the traffic on it (canary_weight 1); told the old release's
-        requests and failures over its last ten minutes and its latest 2,048 latencies
+        requests and failures over its last ten minutes and its latest 16,384 latencies
         (what the HAProxy provider's history gives).
     CodeDeploy blue/green, with the CloudWatch alarms of bench/blast_radius.py: 60 s
         periods, one datapoint, error rate > 1 % or p99 > 500 ms; evaluated at each
@@ -35,7 +39,8 @@ The policies
         test traffic; after the switch nothing rolls back (listed for what it lets
         through, not simulated).
     Wald SPRT, true rates known: the log-likelihood ratio of the true rate (or
-        latency shift, on the logged latencies) against the old release's, rolling back
+        latency shift, on the latencies logged once it is slower) against the old
+        release's, rolling back
         at log(1 / 0.01): a lower bound, not a deployable policy (in A/A runs, of twice
         the rate and of 25 % slower, each at half of 0.01).
 """
@@ -66,16 +71,17 @@ from bench.blast_radius import (
 )
 
 from canarist.judges import Observation, Sample, make_judge
+from canarist.metrics.base import RECENT_LATENCIES
+from canarist.metrics.haproxy import log_shares
 
 RATES = (10, 100, 1000)
 ERRORS = (0.02, 0.05, 0.20, 1.0)
 SLOWDOWNS = (1.5, 3.0)
-LOGGED_PER_TICK = 12  # latencies HAProxy's log sample gives per tick, at most
-REFERENCE_LATENCIES = 2048
 WARM = 600.0  # the warm period after the switch
 HISTORY = 600.0  # the old release's traffic the reference is taken from
 TICKS = round(WARM / TICK)
 STARTING_TICKS = 4  # the new release's instances start and turn healthy: about a second
+LATE = 90.0  # when a late slowdown starts, after the switch (between two restarts of old)
 POLICIES = (
     "canarist sequential (default)",
     "CodeDeploy blue/green, 60 s alarm",
@@ -94,6 +100,7 @@ class Scenario:
     error: float
     rps: int
     slowdown: float = 1.0
+    slower_from: float = 0.0  # seconds after the switch
 
     @property
     def aa(self) -> bool:
@@ -106,7 +113,8 @@ class Scenario:
         if self.aa:
             return f"A/A (0.5 %), {self.rps} req/s"
         if self.slowdown != 1.0:
-            return f"new release {self.slowdown - 1:.0%} slower, {self.rps} req/s"
+            late = f" from {self.slower_from:g} s after the switch" if self.slower_from else ""
+            return f"new release {self.slowdown - 1:.0%} slower{late}, {self.rps} req/s"
         return f"new release failing {self.error:.0%}, {self.rps} req/s"
 
 
@@ -119,6 +127,7 @@ class Decision:
     at: float
     requests: int
     failures: int
+    slowed: int  # requests served once slower (the scenario's slowdown, if any)
 
 
 @dataclass(frozen=True)
@@ -131,28 +140,35 @@ class Stream:
     requests: tuple[int, ...]
     failures: tuple[int, ...]
     latencies: tuple[tuple[float, ...], ...]  # logged in each tick
+    slower_tick: int  # the first tick of the slowdown, if any
 
     def decision(self, rolled_back: bool, tick: int) -> Decision:
         """A decision at the end of `tick` (the last one: none within the warm period)."""
-        return Decision(rolled_back, tick * TICK, self.requests[tick], self.failures[tick])
+        requests = self.requests[tick]
+        slowed = requests - self.requests[min(tick, self.slower_tick - 1)]
+        return Decision(rolled_back, tick * TICK, requests, self.failures[tick], slowed)
 
 
 def stream(scenario: Scenario, rng: random.Random) -> Stream:
     """The seeded traffic of one run."""
     reference_requests = poisson(rng, scenario.rps * HISTORY)
     reference = (reference_requests, binomial(rng, reference_requests, BASELINE_ERROR))
-    reference_ms = tuple(rng.choices(latency_table(1.0), k=REFERENCE_LATENCIES))
+    reference_ms = tuple(rng.choices(latency_table(1.0), k=RECENT_LATENCIES))
     starting = []
     for _ in range(STARTING_TICKS):
         n = poisson(rng, scenario.rps * TICK)
         starting.append((n, binomial(rng, n, BASELINE_ERROR)))
     requests, failures, latencies = [0], [0], [()]
-    table = latency_table(scenario.slowdown)
-    for _ in range(TICKS):
+    slower_tick = _slower_tick(scenario)
+    tables = (latency_table(1.0), latency_table(scenario.slowdown))
+    # The share of the new release's requests HAProxy logs, as the provider sets it.
+    share = log_shares({"new": scenario.rps})["new"] / 1000
+    for tick in range(1, TICKS + 1):
         n = poisson(rng, scenario.rps * TICK)
         requests.append(requests[-1] + n)
         failures.append(failures[-1] + binomial(rng, n, scenario.error))
-        latencies.append(tuple(rng.choices(table, k=min(n, LOGGED_PER_TICK))))
+        logged = n if share >= 1 else binomial(rng, n, share)
+        latencies.append(tuple(rng.choices(tables[tick >= slower_tick], k=logged)))
     return Stream(
         reference,
         reference_ms,
@@ -160,7 +176,13 @@ def stream(scenario: Scenario, rng: random.Random) -> Stream:
         tuple(requests),
         tuple(failures),
         tuple(latencies),
+        slower_tick,
     )
+
+
+def _slower_tick(scenario: Scenario) -> int:
+    """The first tick with the scenario's latencies (1: from the switch)."""
+    return round(scenario.slower_from / TICK) + 1
 
 
 def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
@@ -169,14 +191,16 @@ def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
     traffic = stream(scenario, rng)
     peer_rng = random.Random(seed * 7919 + 17)  # p99 draws, apart from the stream
 
-    def alarm(n: int, x: int) -> bool:
-        too_slow = n > 0 and window_p99(peer_rng, n, scenario.slowdown) > P99_LIMIT_MS
+    def alarm(n: int, x: int, end: int) -> bool:
+        # A window that ends in the slowdown counts as slow throughout (generous).
+        factor = scenario.slowdown if end >= traffic.slower_tick else 1.0
+        too_slow = n > 0 and window_p99(peer_rng, n, factor) > P99_LIMIT_MS
         return (n > 0 and x / n > 0.01) or too_slow
 
     return {
         POLICIES[0]: _canarist(traffic),
         POLICIES[1]: _interval(traffic, 60.0, alarm, 1),
-        POLICIES[2]: _interval(traffic, 300.0, lambda n, x: n == 0 or (n - x) / n < 0.95, 4),
+        POLICIES[2]: _interval(traffic, 300.0, lambda n, x, _: n == 0 or (n - x) / n < 0.95, 4),
         POLICIES[3]: traffic.decision(False, TICKS),
         POLICIES[4]: _wald(scenario, traffic),
     }
@@ -210,7 +234,7 @@ def _canarist(traffic: Stream) -> Decision:
 
 
 def _interval(
-    traffic: Stream, interval: float, failed: Callable[[int, int], bool], limit: int
+    traffic: Stream, interval: float, failed: Callable[[int, int, int], bool], limit: int
 ) -> Decision:
     """A check of the last `interval` seconds at each interval's end; rollback at the
     `limit`-th failed check."""
@@ -219,7 +243,7 @@ def _interval(
     for end in range(step, TICKS + 1, step):
         n = traffic.requests[end] - traffic.requests[end - step]
         x = traffic.failures[end] - traffic.failures[end - step]
-        count += failed(n, x)
+        count += failed(n, x, end)
         if count >= limit:
             return traffic.decision(True, end)
     return traffic.decision(False, TICKS)
@@ -246,7 +270,10 @@ def _wald(scenario: Scenario, traffic: Stream) -> Decision:
         for i, (per_failure, per_success, shift, bar) in enumerate(tests):
             llr = x * per_failure + ((n - x) * per_success if n > x else 0.0)
             if shift:
-                latency_llr[i] += sum(shift * z - shift**2 / 2 for z in logged) / LATENCY_SIGMA**2
+                if tick >= traffic.slower_tick:  # it knows when the slowdown starts, too
+                    latency_llr[i] += (
+                        sum(shift * z - shift**2 / 2 for z in logged) / LATENCY_SIGMA**2
+                    )
                 llr = latency_llr[i]
             if llr >= bar:
                 return traffic.decision(True, tick)
@@ -269,6 +296,7 @@ def scenarios() -> list[Scenario]:
     for rps in RATES:
         bad += [Scenario(error, rps) for error in ERRORS]
         bad += [Scenario(BASELINE_ERROR, rps, slowdown) for slowdown in SLOWDOWNS]
+        bad.append(Scenario(BASELINE_ERROR, rps, SLOWDOWNS[0], LATE))
     return bad + [Scenario(BASELINE_ERROR, rps) for rps in RATES]
 
 
@@ -292,7 +320,7 @@ def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
         lines.append(f"  {'policy':38} {'rolled back':>11} {'median':>8} {'p95':>8} {'time':>8}")
         for name in POLICIES:
             decisions = [run[name] for run in runs]
-            values = sorted(d.requests if slower else d.failures for d in decisions)
+            values = sorted(d.slowed if slower else d.failures for d in decisions)
             rolled = sum(d.rolled_back for d in decisions) / len(decisions)
             median = statistics.median(values)
             p95 = values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]
