@@ -23,8 +23,8 @@ The policies
     canarist sequential (default): fed every tick from the rollout's start, as the
         controller does: a second with the new release starting, no weight (the old one
         serving), then all the traffic on it (canary_weight 1); told the old release's
-        requests and failures over its last ten minutes and its latest 16,384 latencies
-        (what the HAProxy provider's history gives).
+        requests and failures over its last ten minutes and the latencies of those
+        minutes, the latest 16,384 at most (what the HAProxy provider's history gives).
     CodeDeploy blue/green, with the CloudWatch alarms of bench/blast_radius.py: 60 s
         periods, one datapoint, error rate > 1 % or p99 > 500 ms; evaluated at each
         minute's end, the deployment (and its original environment) kept through the
@@ -153,7 +153,9 @@ def stream(scenario: Scenario, rng: random.Random) -> Stream:
     """The seeded traffic of one run."""
     reference_requests = poisson(rng, scenario.rps * HISTORY)
     reference = (reference_requests, binomial(rng, reference_requests, BASELINE_ERROR))
-    reference_ms = tuple(rng.choices(latency_table(1.0), k=RECENT_LATENCIES))
+    # HAProxy's history: the latest latencies of those minutes' successful requests.
+    logged = min(RECENT_LATENCIES, reference[0] - reference[1])
+    reference_ms = tuple(rng.choices(latency_table(1.0), k=logged))
     starting = []
     for _ in range(STARTING_TICKS):
         n = poisson(rng, scenario.rps * TICK)

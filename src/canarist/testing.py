@@ -219,8 +219,11 @@ class FakeMetrics:
         counted = added[-self.recent_adds :] if self.recent_adds else added
         return sum(n for n, _ in counted), sum(f for _, f in counted)
 
-    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
-        """Every latency added for the release (the last RECENT_LATENCIES), oldest first."""
+    async def recent_latencies(
+        self, service: str, release: str, seconds: float
+    ) -> tuple[float, ...]:
+        """Every latency added for the release (the last RECENT_LATENCIES), oldest first,
+        whatever `seconds` says (the fake has no clock)."""
         return tuple(self.latency_log.get((service, release), [])[-RECENT_LATENCIES:])
 
     async def reset(self, service: str) -> None:

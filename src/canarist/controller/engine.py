@@ -417,7 +417,11 @@ class Engine:
             return None, ()
         try:
             counts = await metrics.recent(service, release, REFERENCE_SECONDS)
-            recent_ms = await metrics.recent_latencies(service, release) if latencies else ()
+            recent_ms = (
+                await metrics.recent_latencies(service, release, REFERENCE_SECONDS)
+                if latencies
+                else ()
+            )
         except DriverError as exc:
             log.warning("%s: metrics history: %s", service, exc)
             return None, ()

@@ -73,9 +73,12 @@ class KeepsHistory(Protocol):
         """Requests and failures of the release over the last `seconds` (or as much of
         them as the provider saw), or None when it has seen nothing of the release."""
 
-    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
-        """The latencies (ms) of the release's latest successful requests, up to
-        RECENT_LATENCIES, oldest first; () when the provider sees no request latencies."""
+    async def recent_latencies(
+        self, service: str, release: str, seconds: float
+    ) -> tuple[float, ...]:
+        """The latencies (ms) of the release's latest successful requests within the last
+        `seconds`, up to RECENT_LATENCIES, oldest first; () when the provider sees no
+        request latencies."""
 
 
 @runtime_checkable

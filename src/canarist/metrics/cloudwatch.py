@@ -280,7 +280,9 @@ class CloudWatchMetrics:
         failures = sum(_total(results.get(name, ())) for name in counted[1:])
         return requests, min(failures, requests)
 
-    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
+    async def recent_latencies(
+        self, service: str, release: str, seconds: float
+    ) -> tuple[float, ...]:
         """Nothing: CloudWatch keeps statistics, not the latencies of requests."""
         return ()
 

@@ -289,7 +289,7 @@ class _Service:
     # (time.monotonic(), totals) about every HISTORY_STEP, oldest first.
     history: deque[tuple[float, dict[str, Tally]]] = field(default_factory=deque)
     # Each release's latest latencies, whatever the windows and snapshots.
-    latest: dict[str, deque[float]] = field(default_factory=dict)
+    latest: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)  # (when, ms)
     thinned_at: float = float("-inf")  # when the share of requests logged was last set
 
     def remember(self, at: float) -> None:
@@ -403,10 +403,15 @@ class HAProxyMetrics:
         count = now - since
         return count.requests, count.failures
 
-    async def recent_latencies(self, service: str, release: str) -> tuple[float, ...]:
-        """The release's latest RECENT_LATENCIES logged latencies, oldest first."""
+    async def recent_latencies(
+        self, service: str, release: str, seconds: float
+    ) -> tuple[float, ...]:
+        """The release's latest RECENT_LATENCIES logged latencies of the last `seconds`,
+        oldest first."""
         books = self._services.get(service)
-        return tuple(books.latest.get(release, ())) if books else ()
+        latest = books.latest.get(release, ()) if books else ()
+        cut = time.monotonic() - seconds
+        return tuple(ms for at, ms in latest if at >= cut)
 
     async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
         """Each release's counts in the window, as of the last read, and the latencies
@@ -566,7 +571,7 @@ class HAProxyMetrics:
         latest = books.latest.get(release)
         if latest is None:
             latest = books.latest[release] = deque(maxlen=RECENT_LATENCIES)
-        latest.append(float(entry.active_ms))
+        latest.append((time.monotonic(), float(entry.active_ms)))
 
 
 def _int(value: str | None) -> int:
