@@ -1041,7 +1041,7 @@ class SequentialAnalysis:
             if beyond is not None and beyond.count:
                 compared += (
                     f" and {beyond.exceeded} of {beyond.count} later ones over "
-                    f"{beyond.limit:.0f} ms (the baseline's median before, plus the tolerance)"
+                    f"{beyond.limit:.0f} ms, the baseline's median before plus the tolerance"
                 )
             reason = (
                 f"canary slower than baseline{before}: {self._medians()} over {compared} "
