@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from canarist.cli.main import _evidence, render_status
+from canarist.cli.main import _evidence, _findings, render_status
 
 STABLE = "sha256:" + "a" * 64
 CANARY = "sha256:" + "b" * 64
@@ -86,3 +86,13 @@ def test_history_shows_the_figures_behind_the_last_verdict() -> None:
     )
     assert _evidence(events[:2]) == ""
     assert _evidence([]) == ""
+
+
+def test_history_shows_what_the_old_release_did_after_the_switch_back() -> None:
+    summary = "after the switch back, the old release failed 700 of 3600 requests ..."
+    events = [
+        {"kind": "analysis.verdict", "detail": {"verdict": "fail", "figures": {}}},
+        {"kind": "rollback.aftermath", "detail": {"summary": summary, "shared": True}},
+    ]
+    assert _findings(events) == [summary]
+    assert _findings(events[:1]) == []

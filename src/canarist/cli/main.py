@@ -470,9 +470,16 @@ def history(
         )
         if r["reason"]:
             out.print(f"    {r['reason']}", markup=False, highlight=False)
-        evidence = _evidence(r.get("events") or [])
-        if evidence:
-            out.print(f"    {evidence}", markup=False, highlight=False)
+        for line in _findings(r.get("events") or []):
+            out.print(f"    {line}", markup=False, highlight=False)
+
+
+def _findings(events: list[dict[str, Any]]) -> list[str]:
+    """Under a rollout's reason: the figures behind its last verdict, and, after a
+    rollback of a canary alone, what the old release did once it served again."""
+    lines = [_evidence(events)]
+    lines += [e["detail"]["summary"] for e in events if e["kind"] == "rollback.aftermath"]
+    return [line for line in lines if line]
 
 
 def _evidence(events: list[dict[str, Any]]) -> str:

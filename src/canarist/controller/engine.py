@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +62,21 @@ log = logging.getLogger("canarist.controller")
 START_ATTEMPTS = 3
 # How far back the baseline's rate is taken from when the canary takes all traffic.
 REFERENCE_SECONDS = 600.0
+# After a canary that took all the traffic is rolled back for failing, how long the old
+# release's own failures are read: if it fails as often, the fault is likely a shared one.
+AFTERMATH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class _Aftermath:
+    """A rollback of a canary judged alone, whose old release is watched for a while."""
+
+    rollout_id: int
+    release: str  # the old release, serving again
+    since: float
+    canary_failures: int
+    canary_requests: int
+    before: float  # the bound on the old release's rate before, that the canary exceeded
 
 
 @dataclass
@@ -83,6 +99,7 @@ class _ServiceRuntime:
     targets: dict[str, str] = field(default_factory=dict)  # group mode: release -> target
     healthy: dict[str, int] = field(default_factory=dict)  # group mode: release -> healthy
     last_analysis: dict[str, Any] | None = None  # of the last rollout that ended
+    aftermath: _Aftermath | None = None  # a rollback whose old release is being watched
 
 
 @dataclass(frozen=True)
@@ -288,6 +305,7 @@ class Engine:
                 rollout = self.store.active_rollout(name)
                 if rollout is not None:
                     await self._advance(rollout)
+                await self._read_aftermath(name)
                 if name in self.groups:
                     await self._reconcile_group(name)
                 else:
@@ -427,6 +445,51 @@ class Engine:
             return None, ()
         return counts, recent_ms
 
+    def _watch_aftermath(self, rollout: Rollout) -> None:
+        """After a rollback for failures of a canary alone (nothing beside it to tell a
+        shared outage from its own), watch whether the old release fails as often."""
+        runtime = self._runtime[rollout.service]
+        verdict = runtime.watch.verdict if runtime.watch is not None else None
+        if verdict is None or verdict.outcome != "fail" or rollout.previous is None:
+            return
+        figures = verdict.figures
+        alone = figures.get("judged_on_its_own") == "alone"
+        on_errors = float(figures.get("error_evidence", 0)) >= float(
+            figures.get("error_evidence_to_fail", math.inf)
+        )
+        if alone and on_errors:
+            runtime.aftermath = _Aftermath(
+                rollout.id,
+                rollout.previous,
+                self.clock(),
+                int(figures.get("on_its_own_failures", 0)),
+                int(figures.get("on_its_own_requests", 0)),
+                float(figures.get("reference_rate_bound", 0.0)),
+            )
+
+    async def _read_aftermath(self, service: str) -> None:
+        """Once AFTERMATH_SECONDS have passed, record how the old release did."""
+        runtime = self._runtime[service]
+        after = runtime.aftermath
+        if after is None or self.clock() - after.since < AFTERMATH_SECONDS:
+            return
+        runtime.aftermath = None
+        metrics = self._metrics(service)
+        if not isinstance(metrics, KeepsHistory):
+            return
+        try:
+            counts = await metrics.recent(service, after.release, AFTERMATH_SECONDS)
+        except DriverError as exc:
+            log.warning("%s: metrics history: %s", service, exc)
+            return
+        requests, failures = counts or (0, 0)
+        self.store.record(
+            service,
+            "rollback.aftermath",
+            aftermath(after, requests, failures),
+            after.rollout_id,
+        )
+
     async def _alarm_reason(self, service: str, names: Sequence[str]) -> str | None:
         """A reason when any of the named alarms is in ALARM (needs an alarm source)."""
         metrics = self._metrics(service)
@@ -448,6 +511,7 @@ class Engine:
             self.store.save_service(state)
         reason = await self._observe(rollout, state)
         if reason is not None:
+            self._watch_aftermath(rollout)
             self._end(rollout, "rolled_back", reason)
             return
         step = rollout.current
@@ -965,6 +1029,41 @@ class Engine:
             for e in self.store.events(rollout.service, rollout.id)
         ]
         return item
+
+
+def aftermath(after: _Aftermath, requests: int, failures: int) -> dict[str, Any]:
+    """What the old release did in the seconds after a canary alone was rolled back: it
+    failed about as often as the canary (at least 3 failures, half its rate or more, and
+    above its own rate before), so the fault likely lies outside the release; or far less
+    often, so it was the release's."""
+    canary_rate = after.canary_failures / after.canary_requests if after.canary_requests else 0
+    rate = failures / requests if requests else 0.0
+    shared = requests > 0 and failures >= 3 and rate > after.before and rate >= canary_rate / 2
+    back = f"after the switch back, the old release {{}} in {AFTERMATH_SECONDS:g}s"
+    seen = back.format(f"failed {failures} of {requests} requests ({100 * rate:.2f}%)")
+    if not requests:
+        summary = back.format("served no request")
+    elif shared:
+        summary = (
+            f"{seen}, about as often as the new one ({100 * canary_rate:.2f}%): the fault likely"
+            " lies outside the release (a dependency both use?)"
+        )
+    else:
+        summary = (
+            f"{seen}, far less often than the new one ({100 * canary_rate:.2f}%): the fault"
+            " was the new release's"
+        )
+    return {
+        "release": after.release,
+        "seconds": AFTERMATH_SECONDS,
+        "requests": requests,
+        "failures": failures,
+        "error_rate": rate,
+        "canary_error_rate": canary_rate,
+        "before_rate_bound": after.before,
+        "shared": shared,
+        "summary": summary,
+    }
 
 
 def _weights(canary: str, stable: str | None, percent: int) -> dict[str, int]:
