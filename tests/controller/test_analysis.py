@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -308,6 +309,29 @@ async def test_after_a_rollback_alone_the_old_release_tells_a_shared_fault_from_
     assert ("the fault was the new release's" in aftermath["summary"]) is not shared
 
 
+@pytest.mark.parametrize(("old_slowdown", "shared"), [(2.0, True), (1.0, False)])
+async def test_after_a_latency_rollback_alone_the_old_releases_speed_tells_whose_fault(
+    tmp_path: Path, old_slowdown: float, shared: bool
+) -> None:
+    """Twice as slow after the switch, switched back: if the old release then answers
+    about as slowly, the slowness likely lies outside the release; if as fast as
+    before, it was the release's."""
+    world = World(tmp_path, BLUE_GREEN)
+    rng = random.Random(12)
+    history = await switch_to_a_slower_release(world, rng)
+    assert history["phase"] == "rolled_back", history["reason"]
+    world.metrics.latency_log.clear()  # the provider's last seconds: after the switch back
+    for _ in range(44):
+        latencies = tuple(old_slowdown * rng.lognormvariate(4.1, 0.5) for _ in range(10))
+        world.metrics.add("web", world.v1, 100, 0, latencies)
+        await world.settle(1, step=0.25)
+    events = world.engine.history("web")[0]["events"]
+    (aftermath,) = [e["detail"] for e in events if e["kind"] == "rollback.aftermath"]
+    assert aftermath["on"] == "latency" and aftermath["shared"] is shared
+    assert 55 < aftermath["before_p50_ms"] < 65 and aftermath["canary_p50_ms"] > 100
+    assert ("lies outside the release" in aftermath["summary"]) is shared
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_a_healthy_blue_green_release_with_the_same_noise_is_promoted(
     tmp_path: Path, seed: int
@@ -399,6 +423,40 @@ async def test_a_canary_that_passed_one_stage_is_still_rolled_back_at_the_next(
     assert "sequential judge" in history["reason"]
 
 
+async def traffic_tick(world: World, rng: random.Random, slowdown: float) -> None:
+    """A quarter second of 400 requests/s split by the weights, 0.5 % failing, latencies
+    lognormal (median 60 ms), the new release's `slowdown` times slower."""
+    for release, percent in world.status()["weights"].items():
+        n = round(400 * 0.25 * percent / 100)
+        slow = slowdown if release == world.v2 else 1.0
+        latencies = tuple(slow * rng.lognormvariate(4.1, 0.5) for _ in range(min(n, 10)))
+        world.metrics.add("web", release, n, sum(rng.random() < 0.005 for _ in range(n)), latencies)
+    await world.settle(1, step=0.25)
+
+
+async def switch_to_a_slower_release(
+    world: World, rng: random.Random, restart: bool = False
+) -> dict[str, Any]:
+    """v1 serving alone for ten seconds, then v2, twice as slow, deployed blue-green (the
+    controller restarted right after the switch if `restart`); its rollout once ended."""
+    await world.engine.deploy("web", world.v1)
+    await world.settle()
+    for _ in range(40):  # the old release serving alone for ten seconds before
+        await traffic_tick(world, rng, 1.0)
+    await world.engine.deploy("web", world.v2)
+    for _ in range(400):
+        await traffic_tick(world, rng, 2.0)
+        figures = world.status()["analysis"]["figures"]
+        if restart and figures.get("judged_on_its_own") == "alone":  # right after the switch
+            restart = False
+            world.engine = world.new_engine()
+            world.metrics.latency_log.clear()  # the new provider remembers nothing
+        if world.engine.history("web")[0]["phase"] != "progressing":
+            break
+    history: dict[str, Any] = world.engine.history("web")[0]
+    return history
+
+
 @pytest.mark.parametrize("restart", [False, True])
 async def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
     tmp_path: Path, restart: bool
@@ -409,33 +467,7 @@ async def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
     the switch, its metrics history lost (those latencies are stored with the
     evidence)."""
     world = World(tmp_path, BLUE_GREEN)
-    rng = random.Random(12)
-    await world.engine.deploy("web", world.v1)
-    await world.settle()
-    for _ in range(40):  # the old release serving alone for ten seconds before
-        latencies = tuple(rng.lognormvariate(4.1, 0.5) for _ in range(10))
-        failures = sum(rng.random() < 0.005 for _ in range(100))
-        world.metrics.add("web", world.v1, 100, failures, latencies)
-        await world.settle(1, step=0.25)
-    await world.engine.deploy("web", world.v2)
-    for _ in range(400):
-        weights = world.status()["weights"]
-        for release, percent in weights.items():
-            n = round(400 * 0.25 * percent / 100)
-            slow = 2.0 if release == world.v2 else 1.0
-            latencies = tuple(slow * rng.lognormvariate(4.1, 0.5) for _ in range(min(n, 10)))
-            world.metrics.add(
-                "web", release, n, sum(rng.random() < 0.005 for _ in range(n)), latencies
-            )
-        await world.settle(1, step=0.25)
-        figures = world.status()["analysis"]["figures"]
-        if restart and figures.get("judged_on_its_own") == "alone":  # right after the switch
-            restart = False
-            world.engine = world.new_engine()
-            world.metrics.latency_log.clear()  # the new provider remembers nothing
-        if world.engine.history("web")[0]["phase"] != "progressing":
-            break
-    history = world.engine.history("web")[0]
+    history = await switch_to_a_slower_release(world, random.Random(12), restart=restart)
     assert history["phase"] == "rolled_back", history["reason"]
     assert "slower than baseline before it took all traffic" in history["reason"]
     assert world.weights() == {world.v1: 100}

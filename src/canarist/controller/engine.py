@@ -15,11 +15,12 @@ import copy
 import logging
 import math
 import secrets
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from canarist.controller.watch import Watch
 from canarist.domain.plan import (
@@ -69,14 +70,16 @@ AFTERMATH_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class _Aftermath:
-    """A rollback of a canary judged alone, whose old release is watched for a while."""
+    """A rollback of a canary judged alone, whose old release is watched for a while:
+    for failing more than it did (`before`: the bound on its rate then, that the canary
+    exceeded), or for answering slower (`before`: its median latency then, in ms)."""
 
     rollout_id: int
     release: str  # the old release, serving again
     since: float
-    canary_failures: int
-    canary_requests: int
-    before: float  # the bound on the old release's rate before, that the canary exceeded
+    on: Literal["errors", "latency"]
+    canary: float  # the canary's error rate, or its median latency (ms)
+    before: float
 
 
 @dataclass
@@ -446,26 +449,29 @@ class Engine:
         return counts, recent_ms
 
     def _watch_aftermath(self, rollout: Rollout) -> None:
-        """After a rollback for failures of a canary alone (nothing beside it to tell a
-        shared outage from its own), watch whether the old release fails as often."""
+        """After a canary alone is rolled back for failing or for slowness (nothing
+        beside it to tell a shared fault from its own), watch whether the old release
+        does the same once it serves again."""
         runtime = self._runtime[rollout.service]
         verdict = runtime.watch.verdict if runtime.watch is not None else None
         if verdict is None or verdict.outcome != "fail" or rollout.previous is None:
             return
-        figures = verdict.figures
-        alone = figures.get("judged_on_its_own") == "alone"
-        on_errors = float(figures.get("error_evidence", 0)) >= float(
-            figures.get("error_evidence_to_fail", math.inf)
-        )
-        if alone and on_errors:
-            runtime.aftermath = _Aftermath(
-                rollout.id,
-                rollout.previous,
-                self.clock(),
-                int(figures.get("on_its_own_failures", 0)),
-                int(figures.get("on_its_own_requests", 0)),
-                float(figures.get("reference_rate_bound", 0.0)),
-            )
+        f = verdict.figures
+        if f.get("judged_on_its_own") != "alone":
+            return
+
+        def reached(evidence: str) -> bool:
+            return float(f.get(evidence, 0)) >= float(f.get(f"{evidence}_to_fail", math.inf))
+
+        start = (rollout.id, rollout.previous, self.clock())
+        if reached("error_evidence") and f.get("on_its_own_requests"):
+            rate = float(f["on_its_own_failures"]) / float(f["on_its_own_requests"])
+            before = float(f.get("reference_rate_bound", 0.0))
+            runtime.aftermath = _Aftermath(*start, "errors", rate, before)
+        elif reached("latency_evidence") and "latency_reference_p50_ms" in f:
+            canary = float(f.get("canary_p50_ms", 0.0))
+            before = float(f["latency_reference_p50_ms"])
+            runtime.aftermath = _Aftermath(*start, "latency", canary, before)
 
     async def _read_aftermath(self, service: str) -> None:
         """Once AFTERMATH_SECONDS have passed, record how the old release did."""
@@ -479,16 +485,16 @@ class Engine:
             return
         try:
             counts = await metrics.recent(service, after.release, AFTERMATH_SECONDS)
+            latencies = (
+                await metrics.recent_latencies(service, after.release, AFTERMATH_SECONDS)
+                if after.on == "latency"
+                else ()
+            )
         except DriverError as exc:
             log.warning("%s: metrics history: %s", service, exc)
             return
-        requests, failures = counts or (0, 0)
-        self.store.record(
-            service,
-            "rollback.aftermath",
-            aftermath(after, requests, failures),
-            after.rollout_id,
-        )
+        detail = aftermath(after, *(counts or (0, 0)), latencies)
+        self.store.record(service, "rollback.aftermath", detail, after.rollout_id)
 
     async def _alarm_reason(self, service: str, names: Sequence[str]) -> str | None:
         """A reason when any of the named alarms is in ALARM (needs an alarm source)."""
@@ -1031,39 +1037,52 @@ class Engine:
         return item
 
 
-def aftermath(after: _Aftermath, requests: int, failures: int) -> dict[str, Any]:
-    """What the old release did in the seconds after a canary alone was rolled back: it
-    failed about as often as the canary (at least 3 failures, half its rate or more, and
-    above its own rate before), so the fault likely lies outside the release; or far less
-    often, so it was the release's."""
-    canary_rate = after.canary_failures / after.canary_requests if after.canary_requests else 0
-    rate = failures / requests if requests else 0.0
-    shared = requests > 0 and failures >= 3 and rate > after.before and rate >= canary_rate / 2
+def aftermath(
+    after: _Aftermath, requests: int, failures: int, latencies: Sequence[float] = ()
+) -> dict[str, Any]:
+    """What the old release did in the seconds after a canary alone was rolled back. It
+    did about what the canary did — failed at least 3 times, at half the canary's rate or
+    more and above its own rate before; or answered (median of at least 10) at least
+    halfway from its own median before to the canary's — so the fault likely lies
+    outside the release; or it did far better, so the fault was the release's."""
     back = f"after the switch back, the old release {{}} in {AFTERMATH_SECONDS:g}s"
-    seen = back.format(f"failed {failures} of {requests} requests ({100 * rate:.2f}%)")
+    rate = failures / requests if requests else 0.0
+    detail: dict[str, Any] = {
+        "release": after.release,
+        "seconds": AFTERMATH_SECONDS,
+        "on": after.on,
+        "requests": requests,
+        "failures": failures,
+        "error_rate": rate,
+    }
+    if after.on == "errors":
+        canary = f"{100 * after.canary:.2f}%"
+        seen = back.format(f"failed {failures} of {requests} requests ({100 * rate:.2f}%)")
+        shared = failures >= 3 and rate > after.before and rate >= after.canary / 2
+        detail.update(canary_error_rate=after.canary, before_rate_bound=after.before)
+        alike, unlike = "about as often as", "far less often than"
+    else:
+        median = statistics.median(latencies) if len(latencies) >= 10 else None
+        canary = f"{after.canary:.0f} ms, {after.before:.0f} ms before"
+        seen = back.format(
+            f"answered in {median:.0f} ms (median of {len(latencies)})"
+            if median is not None
+            else f"answered {len(latencies)} requests with a latency logged"
+        )
+        shared = median is not None and median >= (after.before + after.canary) / 2
+        detail.update(p50_ms=median, canary_p50_ms=after.canary, before_p50_ms=after.before)
+        alike, unlike = "about as slowly as", "far faster than"
     if not requests:
         summary = back.format("served no request")
     elif shared:
         summary = (
-            f"{seen}, about as often as the new one ({100 * canary_rate:.2f}%): the fault likely"
-            " lies outside the release (a dependency both use?)"
+            f"{seen}, {alike} the new one ({canary}): the fault likely lies outside the"
+            " release (a dependency both use?)"
         )
     else:
-        summary = (
-            f"{seen}, far less often than the new one ({100 * canary_rate:.2f}%): the fault"
-            " was the new release's"
-        )
-    return {
-        "release": after.release,
-        "seconds": AFTERMATH_SECONDS,
-        "requests": requests,
-        "failures": failures,
-        "error_rate": rate,
-        "canary_error_rate": canary_rate,
-        "before_rate_bound": after.before,
-        "shared": shared,
-        "summary": summary,
-    }
+        summary = f"{seen}, {unlike} the new one ({canary}): the fault was the new release's"
+    detail.update(shared=shared, summary=summary)
+    return detail
 
 
 def _weights(canary: str, stable: str | None, percent: int) -> dict[str, int]:

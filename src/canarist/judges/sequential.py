@@ -872,7 +872,8 @@ class _BeyondReference:
     Lehmann alternative F^a at m) against p0; with p1 >= p0 its expectation is at most
     1 given everything before it, so the mixture stays a supermartingale."""
 
-    def __init__(self, limit: float, p0: float, grid: Sequence[float]) -> None:
+    def __init__(self, median: float, limit: float, p0: float, grid: Sequence[float]) -> None:
+        self.median = median
         self.limit = limit
         self.p0 = p0
         self.above = [math.log((1 - (1 - p0) ** a) / p0) for a in grid]
@@ -897,7 +898,7 @@ class _BeyondReference:
         p0 = above + math.sqrt(math.log(2 / delta) / (2 * n))
         if p0 >= 1:
             return None
-        return cls(median * scale + floor, p0, grid)
+        return cls(median, median * scale + floor, p0, grid)
 
     def score(self, value: float, logs: list[float]) -> None:
         """Add one canary latency's log likelihood ratios to `logs`."""
@@ -1132,6 +1133,7 @@ class SequentialAnalysis:
                 latency.slower / latency.pairs if latency.pairs else 0.0
             )
             if latency.reference is not None and latency.beyond is not None:
+                figures["latency_reference_p50_ms"] = latency.beyond.median
                 figures["latency_reference_limit_ms"] = latency.beyond.limit
                 figures["latency_beyond_reference"] = latency.beyond.count
                 figures["latency_beyond_reference_over_limit"] = latency.beyond.exceeded
