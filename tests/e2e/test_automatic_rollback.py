@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from canarist.controller.engine import AFTERMATH_SECONDS
 from canarist.demo.load import Load
 from canarist.demo.sample import write_app
 from tests.e2e.harness import Canarist, free_port
@@ -74,7 +75,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Canarist
 
 
 def deploy_under_load(
-    cli: Canarist, ref: str, *options: str, warmup: float = 1.0
+    cli: Canarist, ref: str, *options: str, warmup: float = 1.0, linger: float = 0.5
 ) -> tuple[int, float, Load]:
     load = Load(cli.url, rate=RATE, connections=12).start()
     time.sleep(warmup)
@@ -88,7 +89,7 @@ def deploy_under_load(
         timeout=180,
     )
     took = time.monotonic() - started
-    time.sleep(0.5)
+    time.sleep(linger)
     load.stop()
     # The last lines say how it ended and on what figures.
     assert re.search(
@@ -159,7 +160,9 @@ def test_a_bad_blue_green_release_is_rolled_back_in_its_warm_period(
     warm old release within its warm period."""
     cli, refs = project
     stable = cli.status()["stable"]
-    code, took, load = deploy_under_load(cli, refs["bad"], "--strategy", "blue-green", warmup=3.0)
+    code, took, load = deploy_under_load(
+        cli, refs["bad"], "--strategy", "blue-green", warmup=3.0, linger=AFTERMATH_SECONDS + 1
+    )
     report = load.report
     failed_bad = report.failed_by_version["2"]
     served_bad = report.by_version["2"] + failed_bad
@@ -171,6 +174,9 @@ def test_a_bad_blue_green_release_is_rolled_back_in_its_warm_period(
     assert "before it took all traffic" in history["reason"]
     assert failed_bad <= 60  # a 60 s check at 100 % would let ~3,600 through
     assert cli.status()["stable"] == stable
+    # The old release, serving again, failed far less often: the fault was the release's.
+    shown = cli("history", "web").stdout.split("#")[1]
+    assert "far less often than the new one" in shown and "the fault was the new release's" in shown
 
 
 def test_a_healthy_blue_green_release_is_promoted_after_its_warm_period(
