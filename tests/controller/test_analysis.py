@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from canarist.controller.engine import _Aftermath, _aftermath_detail
 from tests.controller.test_engine import World
 
 SPEC = """
@@ -471,3 +472,15 @@ async def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
     assert history["phase"] == "rolled_back", history["reason"]
     assert "slower than baseline before it took all traffic" in history["reason"]
     assert world.weights() == {world.v1: 100}
+
+
+def test_an_aftermath_with_too_little_to_go_on_blames_nobody() -> None:
+    """No request after the switch back, or too few latencies: neither verdict."""
+    errors = _Aftermath(1, "v1", 0.0, "errors", 0.2, 0.01)
+    quiet = _aftermath_detail(errors, 0, 0)
+    assert not quiet["shared"] and quiet["summary"].endswith("served no request in 10s")
+    slow = _Aftermath(1, "v1", 0.0, "latency", 120.0, 60.0)
+    few = _aftermath_detail(slow, 5, 0, (110.0,) * 5)
+    assert not few["shared"] and few["summary"].endswith("too few to tell whose fault it was")
+    assert _aftermath_detail(slow, 50, 0, (110.0,) * 50)["shared"]
+    assert not _aftermath_detail(slow, 50, 0, (62.0,) * 50)["shared"]

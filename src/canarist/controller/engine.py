@@ -63,8 +63,8 @@ log = logging.getLogger("canarist.controller")
 START_ATTEMPTS = 3
 # How far back the baseline's rate is taken from when the canary takes all traffic.
 REFERENCE_SECONDS = 600.0
-# After a canary that took all the traffic is rolled back for failing, how long the old
-# release's own failures are read: if it fails as often, the fault is likely a shared one.
+# After a canary that took all the traffic is rolled back for failing or slowness, how
+# long the old release is watched: if it does the same, the fault is likely a shared one.
 AFTERMATH_SECONDS = 10.0
 
 
@@ -493,7 +493,7 @@ class Engine:
         except DriverError as exc:
             log.warning("%s: metrics history: %s", service, exc)
             return
-        detail = aftermath(after, *(counts or (0, 0)), latencies)
+        detail = _aftermath_detail(after, *(counts or (0, 0)), latencies)
         self.store.record(service, "rollback.aftermath", detail, after.rollout_id)
 
     async def _alarm_reason(self, service: str, names: Sequence[str]) -> str | None:
@@ -1037,7 +1037,7 @@ class Engine:
         return item
 
 
-def aftermath(
+def _aftermath_detail(
     after: _Aftermath, requests: int, failures: int, latencies: Sequence[float] = ()
 ) -> dict[str, Any]:
     """What the old release did in the seconds after a canary alone was rolled back. It
@@ -1056,6 +1056,7 @@ def aftermath(
         "error_rate": rate,
     }
     if after.on == "errors":
+        known = requests > 0
         canary = f"{100 * after.canary:.2f}%"
         seen = back.format(f"failed {failures} of {requests} requests ({100 * rate:.2f}%)")
         shared = failures >= 3 and rate > after.before and rate >= after.canary / 2
@@ -1063,17 +1064,20 @@ def aftermath(
         alike, unlike = "about as often as", "far less often than"
     else:
         median = statistics.median(latencies) if len(latencies) >= 10 else None
+        known = median is not None
         canary = f"{after.canary:.0f} ms, {after.before:.0f} ms before"
         seen = back.format(
             f"answered in {median:.0f} ms (median of {len(latencies)})"
             if median is not None
-            else f"answered {len(latencies)} requests with a latency logged"
+            else f"logged the latencies of {len(latencies)} requests"
         )
         shared = median is not None and median >= (after.before + after.canary) / 2
         detail.update(p50_ms=median, canary_p50_ms=after.canary, before_p50_ms=after.before)
         alike, unlike = "about as slowly as", "far faster than"
     if not requests:
         summary = back.format("served no request")
+    elif not known:
+        summary = f"{seen}: too few to tell whose fault it was"
     elif shared:
         summary = (
             f"{seen}, {alike} the new one ({canary}): the fault likely lies outside the"
