@@ -783,7 +783,7 @@ class _LatencyTest:
         self._baseline: deque[tuple[float, float]] = deque()
         # The baseline's latencies from before, while the canary is alone (None else).
         self.reference: deque[tuple[float, float]] | None = None
-        # What the canary is held to once those are used up (None: nothing).
+        # What the canary is held to once those are used up (None: nothing, or not alone).
         self.beyond: _BeyondReference | None = None
         self._latest: deque[float] = deque(maxlen=REFERENCE_LATENCIES)  # the baseline's
         self.pairs = 0
@@ -829,7 +829,7 @@ class _LatencyTest:
             self._latest.extend(baseline)
             while pending_b and pending_b[0][0] < cutoff:
                 pending_b.popleft()
-        beyond = self.beyond if self.reference is not None else None
+        beyond = self.beyond
         if not (pending_c and (pending_b or beyond is not None)):
             return
         fail_logs = [0.0] * len(LATENCY_FAIL_GRID)
@@ -875,7 +875,6 @@ class _BeyondReference:
     def __init__(self, median: float, limit: float, p0: float, grid: Sequence[float]) -> None:
         self.median = median
         self.limit = limit
-        self.p0 = p0
         self.above = [math.log((1 - (1 - p0) ** a) / p0) for a in grid]
         self.below = [(a - 1) * math.log(1 - p0) for a in grid]
         self.count = 0
@@ -1038,7 +1037,7 @@ class SequentialAnalysis:
         if latency is not None and latency.fail.alarmed:
             before = " before it took all traffic" if latency.reference is not None else ""
             compared = f"{latency.pairs} compared samples"
-            beyond = latency.beyond if latency.reference is not None else None
+            beyond = latency.beyond
             if beyond is not None and beyond.count:
                 compared += (
                     f" and {beyond.exceeded} of {beyond.count} later ones over "
@@ -1132,7 +1131,7 @@ class SequentialAnalysis:
             figures["latency_slower_share"] = (
                 latency.slower / latency.pairs if latency.pairs else 0.0
             )
-            if latency.reference is not None and latency.beyond is not None:
+            if latency.beyond is not None:
                 figures["latency_reference_p50_ms"] = latency.beyond.median
                 figures["latency_reference_limit_ms"] = latency.beyond.limit
                 figures["latency_beyond_reference"] = latency.beyond.count
