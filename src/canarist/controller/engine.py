@@ -397,7 +397,7 @@ class Engine:
                 # remote query).
                 recent, recent_ms = await self._history(
                     rollout.service, rollout.previous, latencies=share == 1.0
-                )
+                ) or (None, ())
                 watch.judge_on_its_own(share, recent, recent_ms)
             watch.observe(
                 svc.analysis,
@@ -428,24 +428,27 @@ class Engine:
         return reason
 
     async def _history(
-        self, service: str, release: str | None, *, latencies: bool
-    ) -> tuple[tuple[int, int] | None, tuple[float, ...]]:
-        """A release's counts over the metrics provider's last REFERENCE_SECONDS and, if
-        asked, its latest latencies, when the provider keeps them (None and () when it
-        does not, or cannot say)."""
+        self,
+        service: str,
+        release: str | None,
+        *,
+        latencies: bool,
+        seconds: float = REFERENCE_SECONDS,
+    ) -> tuple[tuple[int, int] | None, tuple[float, ...]] | None:
+        """A release's counts over the metrics provider's last `seconds` and, if asked, its
+        latencies of them (None counts: the provider saw none of it); None when the
+        provider keeps no history, or cannot say."""
         metrics = self._metrics(service)
         if release is None or not isinstance(metrics, KeepsHistory):
-            return None, ()
+            return None
         try:
-            counts = await metrics.recent(service, release, REFERENCE_SECONDS)
+            counts = await metrics.recent(service, release, seconds)
             recent_ms = (
-                await metrics.recent_latencies(service, release, REFERENCE_SECONDS)
-                if latencies
-                else ()
+                await metrics.recent_latencies(service, release, seconds) if latencies else ()
             )
         except DriverError as exc:
             log.warning("%s: metrics history: %s", service, exc)
-            return None, ()
+            return None
         return counts, recent_ms
 
     def _watch_aftermath(self, rollout: Rollout) -> None:
@@ -480,19 +483,12 @@ class Engine:
         if after is None or self.clock() - after.since < AFTERMATH_SECONDS:
             return
         runtime.aftermath = None
-        metrics = self._metrics(service)
-        if not isinstance(metrics, KeepsHistory):
+        history = await self._history(
+            service, after.release, latencies=after.on == "latency", seconds=AFTERMATH_SECONDS
+        )
+        if history is None:
             return
-        try:
-            counts = await metrics.recent(service, after.release, AFTERMATH_SECONDS)
-            latencies = (
-                await metrics.recent_latencies(service, after.release, AFTERMATH_SECONDS)
-                if after.on == "latency"
-                else ()
-            )
-        except DriverError as exc:
-            log.warning("%s: metrics history: %s", service, exc)
-            return
+        counts, latencies = history
         detail = _aftermath_detail(after, *(counts or (0, 0)), latencies)
         self.store.record(service, "rollback.aftermath", detail, after.rollout_id)
 
