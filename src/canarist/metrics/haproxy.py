@@ -532,8 +532,10 @@ class HAProxyMetrics:
         sock = self._sock
         if sock is None:
             return
-        # Once per wake-up: a line is credited to the slot's release of a few ms ago at worst.
+        # Once per wake-up: a line is credited to the slot's release of a few ms ago at worst,
+        # and stamped with the time of the wake-up.
         self._refresh_routes()
+        now = time.monotonic()
         for _ in range(_READ_BATCH):
             try:
                 data = sock.recv(_MAX_DATAGRAM)
@@ -542,9 +544,9 @@ class HAProxyMetrics:
             except OSError as exc:
                 log.warning("cannot read HAProxy's logs: %s", exc)
                 return
-            self._take(data.decode("utf-8", "replace"))
+            self._take(data.decode("utf-8", "replace"), now)
 
-    def _take(self, text: str) -> None:
+    def _take(self, text: str, now: float) -> None:
         self._lines += 1
         try:
             entry = parse_request_log(text)
@@ -571,7 +573,7 @@ class HAProxyMetrics:
         latest = books.latest.get(release)
         if latest is None:
             latest = books.latest[release] = deque(maxlen=RECENT_LATENCIES)
-        latest.append((time.monotonic(), float(entry.active_ms)))
+        latest.append((now, float(entry.active_ms)))
 
 
 def _int(value: str | None) -> int:
