@@ -97,19 +97,20 @@ When the split is not random: the canary alone, or only on request
     holds. The analysis should start before the canary takes traffic, so that the
     baseline's rate is known by then (the controller starts it with the rollout).
 
-Restarts, so that a late regression is caught as fast as an early one
+Every second a fresh start, so that a late regression is caught as fast as an early one
     Under the null a mixture drifts down, and after a long good stretch a regression
-    would first have to climb back. So the error test's rollback mixture starts afresh
-    every RESTART_EVERY seconds: run j alarms at 1 / (a w_j), where run 1 (from the
-    start) has w_1 = FIRST_RUN_SHARE and later runs share the rest as
-    6 / (pi^2 (j - 1)^2); by a union bound over runs the false-rollback probability stays
-    at most a. The latency test sees far more samples (hundreds a second under heavy
-    traffic), so that a minute of good ones would sink a run deep before a regression
-    began; its mixture instead adds to the run from the start a run from every later
-    second s, weighted (1 - FIRST_RUN_SHARE) / (s (s + 1)): a sum of supermartingales,
-    kept in one number per component (the Shiryaev-Roberts recursion; the e-detectors
-    of Shin, Ramdas & Rinaldo 2024), that alarms at 1 / a whatever the second a
-    regression began, at a cost of about log(s^2) in evidence.
+    would first have to climb back: at hundreds of requests a second, a minute of good
+    ones sinks it by hundreds of nats. So each rollback mixture adds to its run from the
+    start (weighted FIRST_RUN_SHARE) a run from every later second s, weighted
+    (1 - FIRST_RUN_SHARE) c / ((s + c) (s + c + 1)) with c = LATER_RUNS_SPREAD: a sum of
+    supermartingales whose weights add up to less than 1, kept in one number per
+    component (the Shiryaev-Roberts recursion; the e-detectors of Shin, Ramdas &
+    Rinaldo 2024), that alarms at 1 / a whatever the second a regression began, at a
+    cost of about log((s + c)^2 / c) in evidence. The error test's floor is such a sum
+    too, and a rollback needs both sums at the bar at the same moment: an
+    intersection-union test again, so each may follow the regression from the second it
+    began. (Restarting the mixtures once a minute instead, as earlier versions did, left
+    a regression that began just after a restart waiting for the next one.)
 
 Guarantees and defaults
     alpha = 0.01 is the false-rollback rate of the whole judge, under continuous
@@ -163,7 +164,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
@@ -204,10 +205,13 @@ SHARE_SETTLE = 0.5
 REFERENCE_SHARE = 0.1
 # The baseline's latest latencies a canary alone is compared with, at most.
 REFERENCE_LATENCIES = 16_384
-# Rollback mixtures start afresh this often; the first run keeps most of alpha.
-RESTART_EVERY = 60.0
+# The part of a rollback mixture's alpha kept for its run from the start; the rest goes
+# to the runs from every later second.
 FIRST_RUN_SHARE = 0.8
-MAX_RUNS = 30
+# The run from second s weighs (1 - FIRST_RUN_SHARE) c / ((s + c) (s + c + 1)) with
+# c = LATER_RUNS_SPREAD: within a factor of four over the first c seconds, then falling
+# as 1 / s^2. A regression in the first seconds is the first run's to catch anyway.
+LATER_RUNS_SPREAD = 60
 
 
 class SequentialSettings(JudgeSettings):
@@ -290,105 +294,17 @@ class _Mixture:
         self.value = _exp(_logsumexp(logs) + self._log_weight)
 
 
-class _Restarted:
-    """A rollback mixture, restarted every RESTART_EVERY seconds (see the module docstring).
-
-    Run j's components are the running logs minus their values when it started. It
-    alarms at 1 / (alpha w_j). `evidence` is the largest run's e-value scaled by
-    w_j / w_1, so that the alarm is `evidence >= bar` with bar = 1 / (alpha w_1) for
-    every run. A `gate(j)` can only lower run j's e-value (the absolute floor's).
-    """
-
-    def __init__(self, size: int, alpha: float, gate: Callable[[int], float] | None = None) -> None:
-        self.logs = [0.0] * size
-        self._log_size = math.log(size)
-        self._alpha = alpha
-        self._gate = gate
-        self._starts: list[list[float]] = []
-        self._scales: list[float] = []  # w_j / w_1
-        # A run can alarm only once some component has risen by its log bar: the
-        # lowest such level per component lets most observations skip the runs.
-        self._triggers = [math.inf] * size
-        self._next_restart = 0.0
-        self.bar = 1.0 / (alpha * FIRST_RUN_SHARE)
-        self.evidence = 1.0
-        self.peak = 1.0
-        self.alarmed = False
-        self._later_runs = 0.0  # the best restarted run at the last full evaluation
-
-    def restart_if_due(self, now: float) -> int:
-        """Start the runs whose time has come (run 1 at the first observation); how many."""
-        started = 0
-        while now >= self._next_restart and len(self._starts) < MAX_RUNS:
-            j = len(self._starts) + 1
-            share = FIRST_RUN_SHARE
-            if j > 1:
-                share = (1 - FIRST_RUN_SHARE) * 6 / (math.pi**2 * (j - 1) ** 2)
-            log_bar = -math.log(self._alpha * share)
-            self._starts.append(list(self.logs))
-            self._scales.append(share / FIRST_RUN_SHARE)
-            self._triggers = [
-                min(t, start + log_bar) for t, start in zip(self._triggers, self.logs, strict=True)
-            ]
-            self._next_restart += RESTART_EVERY
-            started += 1
-        return started
-
-    def add(self, increments: Sequence[float]) -> None:
-        """Multiply each component by exp(increment); check the runs that could alarm."""
-        logs, triggers = self.logs, self._triggers
-        crossed = False
-        for i, increment in enumerate(increments):
-            logs[i] += increment
-            crossed = crossed or logs[i] >= triggers[i]
-        if crossed:
-            self.refresh()
-        elif self._starts:
-            # Nothing can alarm: bring run 1 up to date for the figures, cheaply.
-            self.evidence = max(self._run_evidence(0), self._later_runs)
-            self.peak = max(self.peak, self.evidence)
-
-    def could_alarm(self) -> bool:
-        """Whether some run's mixture may have reached its bar (before its gate)."""
-        return any(log >= trigger for log, trigger in zip(self.logs, self._triggers, strict=True))
-
-    def refresh(self) -> None:
-        """Evaluate every run (and its gate); raise the alarm if one reached its bar."""
-        if not self._starts:
-            return
-        self._later_runs = max(
-            [self._run_evidence(j) for j in range(1, len(self._starts))], default=0.0
-        )
-        self.evidence = max(self._run_evidence(0), self._later_runs)
-        self.peak = max(self.peak, self.evidence)
-        self.alarmed = self.alarmed or self.evidence >= self.bar
-
-    def _run_evidence(self, j: int) -> float:
-        start = self._starts[j]
-        value = _exp(
-            _logsumexp([now - then for now, then in zip(self.logs, start, strict=True)])
-            - self._log_size
-        )
-        if self._gate is not None:
-            value = min(value, self._gate(j))
-        return value * self._scales[j]
-
-    def p_value(self) -> float:
-        """Always-valid p-value: under the null, P(it ever falls to p or below) <= p."""
-        return min(1.0, 1.0 / (FIRST_RUN_SHARE * self.peak))
-
-
 class _Detector:
-    """The latency rollback mixture: a run from the start, and the rest of alpha on runs
-    from every later second, summed (see the module docstring).
+    """A rollback mixture: a run from the start, and the rest of alpha on runs from every
+    later second, summed (see the module docstring).
 
     For each component, `first` is its log likelihood ratio since the start and `later`
     the log of sum over starts s of w_s times its likelihood ratio since s, with
-    w_s = 1 / (s (s + 1)) for the s-th second: kept by later <- increment +
-    log(exp(later) + w) as seconds begin. Each such term is a supermartingale under
-    the null and the weights sum to at most 1, so the mixture of the two, weighted
-    FIRST_RUN_SHARE and 1 - FIRST_RUN_SHARE, ever reaches 1 / alpha with probability
-    at most alpha (Ville). Unlike restarts, no stretch of good evidence before a
+    w_s = c / ((s + c) (s + c + 1)) for the s-th second (c = LATER_RUNS_SPREAD): kept by
+    later <- later + increment, and later <- log(exp(later) + w_s) as seconds begin.
+    Each such term is a supermartingale under the null and the weights sum to at most
+    1, so the mixture of the two, weighted FIRST_RUN_SHARE and 1 - FIRST_RUN_SHARE,
+    ever reaches 1 / alpha with probability at most alpha (Ville). Unlike restarts, no stretch of good evidence before a
     regression has to be climbed back: the run from the second it began counts too.
     """
 
@@ -407,8 +323,9 @@ class _Detector:
         due = math.floor(now)
         if due <= self._seconds:
             return
-        # sum of 1 / (s (s + 1)) for s in (begun, due]: 1 / (begun + 1) - 1 / (due + 1)
-        log_weight = math.log(1 / (self._seconds + 1) - 1 / (due + 1))
+        # sum over s in (begun, due] of c / ((s + c) (s + c + 1)): it telescopes
+        c = LATER_RUNS_SPREAD
+        log_weight = math.log(c * (1 / (self._seconds + c + 1) - 1 / (due + c + 1)))
         self.later = [_logsumexp([log, log_weight]) for log in self.later]
         self._seconds = due
 
@@ -432,6 +349,57 @@ class _Detector:
         return min(1.0, 1.0 / self.peak)
 
 
+class _BothDetectors:
+    """The error test's rollback: the relative detector (the canary against the baseline,
+    or against the baseline's rate when judged on its own) and the floor's ("the canary
+    fails at most min_error_rate", on its own counts), each at the same alpha. It alarms
+    when both are at the bar at once: an intersection-union test (Berger 1982), at level
+    alpha whichever of the two nulls holds. `evidence` is the lower of the two.
+    """
+
+    def __init__(self, size: int, alpha: float, floor: _RateMixture | None) -> None:
+        self.relative = _Detector(size, alpha)
+        self._floor = None if floor is None else (floor, _Detector(len(floor.logs(0, 0)), alpha))
+        self._failed = False  # with no floor, one canary failure clears it
+        self.bar = self.relative.bar
+        self.evidence = min(self.relative.evidence, self._floor_evidence())
+        self.peak = self.evidence
+        self.alarmed = False
+
+    def begin_due(self, now: float) -> None:
+        """Begin both detectors' later runs of the seconds that have started by `now`."""
+        self.relative.begin_due(now)
+        if self._floor is not None:
+            self._floor[1].begin_due(now)
+
+    def add(self, increments: Sequence[float]) -> None:
+        """Multiply the relative detector's components by exp(increment)."""
+        self.relative.add(increments)
+        self._check()
+
+    def canary(self, requests: int, failures: int) -> None:
+        """Take in the canary's own requests and failures of an interval (for the floor)."""
+        if self._floor is not None:
+            rates, detector = self._floor
+            detector.add(rates.logs(requests, failures))
+        self._failed = self._failed or failures > 0
+        self._check()
+
+    def _floor_evidence(self) -> float:
+        if self._floor is not None:
+            return self._floor[1].evidence
+        return math.inf if self._failed else 1.0
+
+    def _check(self) -> None:
+        self.evidence = min(self.relative.evidence, self._floor_evidence())
+        self.peak = max(self.peak, self.evidence)
+        self.alarmed = self.alarmed or self.evidence >= self.bar
+
+    def p_value(self) -> float:
+        """Always-valid p-value: under the null, P(it ever falls to p or below) <= p."""
+        return min(1.0, 1.0 / self.peak)
+
+
 class _RateMixture:
     """A mixture over rates r of the canary's binomial likelihood ratios against rate r0.
 
@@ -444,14 +412,17 @@ class _RateMixture:
         self._per_success = [math.log((1 - r) / (1 - null)) for r in rates]
         self._log_weight = -math.log(len(rates))
 
-    def value(self, requests: int, failures: int) -> float:
-        """The mixture's likelihood ratio over that many requests and failures."""
+    def logs(self, requests: int, failures: int) -> list[float]:
+        """Each rate's log likelihood ratio over that many requests and failures."""
         successes = requests - failures
-        logs = [
+        return [
             failures * f + successes * s
             for f, s in zip(self._per_failure, self._per_success, strict=True)
         ]
-        return _exp(_logsumexp(logs) + self._log_weight)
+
+    def value(self, requests: int, failures: int) -> float:
+        """The mixture's likelihood ratio over that many requests and failures."""
+        return _exp(_logsumexp(self.logs(requests, failures)) + self._log_weight)
 
 
 class _Stratum:
@@ -511,25 +482,22 @@ class _ErrorTest:
         self._history_canary = 0
         self._history_total = 0
         self.share = 0.5
-        # The canary's totals, and at each restart of the rollback mixture.
+        # The canary's totals.
         self.canary_requests = 0
         self.canary_failures = 0
-        self._marks: list[tuple[int, int]] = []
         floor = settings.min_error_rate
-        self._floor_fail: _RateMixture | None = None
+        floor_fail: _RateMixture | None = None
         self._floor_pass: _RateMixture | None = None
         if floor > 0:
             # H0 "canary rate <= floor" against higher rates; for a pass, H "canary rate
             # >= psi1 * floor" against lower ones.
-            self._floor_fail = _RateMixture(_floor_grid(floor), floor)
+            floor_fail = _RateMixture(_floor_grid(floor), floor)
             degraded = min(settings.error_degradation * floor, 0.5)
             self._floor_pass = _RateMixture((degraded / 2, degraded / 8), degraded)
         self._floor_pass_at = (-1, -1)
         self._pass_from = (0, 0)  # the canary's totals when the pass evidence began
         self._floor_pass_value = 1.0
-        self.fail = _Restarted(
-            len(ERROR_GRID), alpha * (1 - REFERENCE_SHARE), gate=self._floor_since
-        )
+        self.fail = _BothDetectors(len(ERROR_GRID), alpha * (1 - REFERENCE_SHARE), floor_fail)
         self._steady_from = -math.inf  # intervals ending before this are left out
         self._reference_alpha = alpha * REFERENCE_SHARE
         self._min_error_rate = settings.min_error_rate
@@ -589,8 +557,9 @@ class _ErrorTest:
 
     def update(self, now: float, n_c: int, x_c: int, n_b: int, x_b: int) -> None:
         """Take in one interval ending at `now`: requests and failures of each release."""
-        started = self.fail.restart_if_due(now)
-        self._marks += [(self.canary_requests, self.canary_failures)] * started
+        self.fail.begin_due(now)
+        if n_c:
+            self.fail.canary(n_c, x_c)
         self.canary_requests += n_c
         self.canary_failures += x_c
         self.baseline_requests += n_b
@@ -612,8 +581,6 @@ class _ErrorTest:
         stratum = _Stratum.of(n_c, x_c, n_b, x_b)
         self._rollback_block(now, n_c, x_c, n_b, x_b, stratum)
         self._pass_stratum(now, n_c, x_c, n_b, x_b)
-        if x_c and self.fail.could_alarm():
-            self.fail.refresh()  # the floor may have risen: re-check every run
 
     def _rollback_block(
         self, now: float, n_c: int, x_c: int, n_b: int, x_b: int, stratum: _Stratum | None
@@ -682,15 +649,6 @@ class _ErrorTest:
             self._history_total -= old_total
         # Half a request each way keeps the estimate inside (0, 1).
         self.share = (self._history_canary + 0.5) / (self._history_total + 1)
-
-    def _floor_since(self, run: int) -> float:
-        """The absolute test's e-value over the canary's traffic since run `run` began."""
-        requests, failures = self._marks[run]
-        requests = self.canary_requests - requests
-        failures = self.canary_failures - failures
-        if self._floor_fail is None:
-            return math.inf if failures else 1.0  # no floor: one failure clears it
-        return self._floor_fail.value(requests, failures)
 
     def restart_pass(self) -> None:
         """Gather the evidence to pass afresh, from the canary's requests from now on."""
