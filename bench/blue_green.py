@@ -5,19 +5,18 @@ Run:  .venv/bin/python -m bench.blue_green [--runs N] [--aa-runs N] [--jobs J] [
 The old release served alone for the ten minutes before the switch (error rate 0.5 %,
 latencies lognormal with median 60 ms and p99 192 ms, as in bench/blast_radius.py); then
 the new one takes every request, at 10, 100 or 1000 requests/s, failing at 2, 5, 20 or
-100 %, or 50 % or 200 % slower (or 50 % slower only from two minutes after the switch:
-a regression that comes with load, a leak or a cache), or like the old one (A/A), while
-the old one stays warm,
-with no traffic, for a ten-minute warm period: the time in which a rollback is a weight
-change. Time moves in 0.25 s ticks; per tick the request count is Poisson, the failures
-binomial, and the latencies HAProxy logs are drawn (the share of requests the HAProxy
-provider's `log_shares` sets: all of them at these rates), from one seeded stream per
-run shared by every policy. For each scenario it prints, per policy, how often the
-bad release was rolled back within the warm period, the median and p95 failed requests
-(slowed requests, for a slower release: those it served once slower) served before the
-decision (">N": the median
-run never rolled back, N is what it served in the whole warm period), and the median
-time to the decision; then every policy's false-rollback rate over the A/A runs.
+100 %, or 50 % or 200 % slower (or failing 5 %, or 50 % slower, only from 90 s after the
+switch: a regression that comes with load, a leak or a cache), or like the old one (A/A),
+while the old one stays warm, with no traffic, for a ten-minute warm period: the time in
+which a rollback is a weight change. Time moves in 0.25 s ticks; per tick the request
+count is Poisson, the failures binomial, and the latencies HAProxy logs are drawn (the
+share of requests the HAProxy provider's `log_shares` sets: all of them at these rates),
+from one seeded stream per run shared by every policy. For each scenario it prints, per
+policy, how often the bad release was rolled back within the warm period, the median and
+p95 failed requests (slowed requests, for a slower release) served once the fault began
+and before the decision (">N": the median run never rolled back, N is what it served in
+the whole warm period), and the median time to the decision; then every policy's
+false-rollback rate over the A/A runs.
 
 The policies
     canarist sequential (default): fed every tick from the rollout's start, as the
@@ -39,9 +38,8 @@ The policies
         test traffic; after the switch nothing rolls back (listed for what it lets
         through, not simulated).
     Wald SPRT, true rates known: the log-likelihood ratio of the true rate (or
-        latency shift, on the latencies logged once it is slower) against the old
-        release's, rolling back
-        at log(1 / 0.01): a lower bound, not a deployable policy (in A/A runs, of twice
+        latency shift) against the old release's, over what was served once the fault
+        began (it knows when), rolling back at log(1 / 0.01): a lower bound, not a deployable policy (in A/A runs, of twice
         the rate and of 25 % slower, each at half of 0.01).
 """
 
@@ -81,7 +79,7 @@ WARM = 600.0  # the warm period after the switch
 HISTORY = 600.0  # the old release's traffic the reference is taken from
 TICKS = round(WARM / TICK)
 STARTING_TICKS = 4  # the new release's instances start and turn healthy: about a second
-LATE = 90.0  # when a late slowdown starts, after the switch (between two restarts of old)
+LATE = 90.0  # when a late fault starts, after the switch
 POLICIES = (
     "canarist sequential (default)",
     "CodeDeploy blue/green, 60 s alarm",
@@ -100,7 +98,7 @@ class Scenario:
     error: float
     rps: int
     slowdown: float = 1.0
-    slower_from: float = 0.0  # seconds after the switch
+    fault_from: float = 0.0  # seconds after the switch
 
     @property
     def aa(self) -> bool:
@@ -112,16 +110,16 @@ class Scenario:
         """How the report names it."""
         if self.aa:
             return f"A/A (0.5 %), {self.rps} req/s"
+        late = f" from {self.fault_from:g} s after the switch" if self.fault_from else ""
         if self.slowdown != 1.0:
-            late = f" from {self.slower_from:g} s after the switch" if self.slower_from else ""
             return f"new release {self.slowdown - 1:.0%} slower{late}, {self.rps} req/s"
-        return f"new release failing {self.error:.0%}, {self.rps} req/s"
+        return f"new release failing {self.error:.0%}{late}, {self.rps} req/s"
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether a policy rolled back, when, and the requests and failed requests served
-    until then."""
+    """Whether a policy rolled back, when, the requests served until then, and the failed
+    and the slowed requests served from the fault's start until then."""
 
     rolled_back: bool
     at: float
@@ -140,13 +138,14 @@ class Stream:
     requests: tuple[int, ...]
     failures: tuple[int, ...]
     latencies: tuple[tuple[float, ...], ...]  # logged in each tick
-    slower_tick: int  # the first tick of the slowdown, if any
+    fault_tick: int  # the first tick of the fault
 
     def decision(self, rolled_back: bool, tick: int) -> Decision:
         """A decision at the end of `tick` (the last one: none within the warm period)."""
-        requests = self.requests[tick]
-        slowed = requests - self.requests[min(tick, self.slower_tick - 1)]
-        return Decision(rolled_back, tick * TICK, requests, self.failures[tick], slowed)
+        before = min(tick, self.fault_tick - 1)
+        failures = self.failures[tick] - self.failures[before]
+        slowed = self.requests[tick] - self.requests[before]
+        return Decision(rolled_back, tick * TICK, self.requests[tick], failures, slowed)
 
 
 def stream(scenario: Scenario, rng: random.Random) -> Stream:
@@ -161,16 +160,17 @@ def stream(scenario: Scenario, rng: random.Random) -> Stream:
         n = poisson(rng, scenario.rps * TICK)
         starting.append((n, binomial(rng, n, BASELINE_ERROR)))
     requests, failures, latencies = [0], [0], [()]
-    slower_tick = _slower_tick(scenario)
+    fault_tick = round(scenario.fault_from / TICK) + 1
     tables = (latency_table(1.0), latency_table(scenario.slowdown))
     # The share of the new release's requests HAProxy logs, as the provider sets it.
     share = log_shares({"new": scenario.rps})["new"] / 1000
     for tick in range(1, TICKS + 1):
         n = poisson(rng, scenario.rps * TICK)
         requests.append(requests[-1] + n)
-        failures.append(failures[-1] + binomial(rng, n, scenario.error))
+        error = scenario.error if tick >= fault_tick else BASELINE_ERROR
+        failures.append(failures[-1] + binomial(rng, n, error))
         logged = n if share >= 1 else binomial(rng, n, share)
-        latencies.append(tuple(rng.choices(tables[tick >= slower_tick], k=logged)))
+        latencies.append(tuple(rng.choices(tables[tick >= fault_tick], k=logged)))
     return Stream(
         reference,
         reference_ms,
@@ -178,13 +178,8 @@ def stream(scenario: Scenario, rng: random.Random) -> Stream:
         tuple(requests),
         tuple(failures),
         tuple(latencies),
-        slower_tick,
+        fault_tick,
     )
-
-
-def _slower_tick(scenario: Scenario) -> int:
-    """The first tick with the scenario's latencies (1: from the switch)."""
-    return round(scenario.slower_from / TICK) + 1
 
 
 def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
@@ -195,7 +190,7 @@ def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
 
     def alarm(n: int, x: int, end: int) -> bool:
         # A window that ends in the slowdown counts as slow throughout (generous).
-        factor = scenario.slowdown if end >= traffic.slower_tick else 1.0
+        factor = scenario.slowdown if end >= traffic.fault_tick else 1.0
         too_slow = n > 0 and window_p99(peer_rng, n, factor) > P99_LIMIT_MS
         return (n > 0 and x / n > 0.01) or too_slow
 
@@ -266,16 +261,15 @@ def _wald(scenario: Scenario, traffic: Stream) -> Decision:
         tests.append((math.log(error / BASELINE_ERROR), success, 0.0, math.log(1 / ALPHA)))
     latency_llr = [0.0] * len(tests)
     mu0 = math.log(LATENCY_MEDIAN_MS)
-    for tick in range(1, TICKS + 1):
-        x, n = traffic.failures[tick], traffic.requests[tick]
+    before = traffic.fault_tick - 1  # it knows when the fault starts, too
+    for tick in range(traffic.fault_tick, TICKS + 1):
+        x = traffic.failures[tick] - traffic.failures[before]
+        n = traffic.requests[tick] - traffic.requests[before]
         logged = [math.log(v) - mu0 for v in traffic.latencies[tick]]
         for i, (per_failure, per_success, shift, bar) in enumerate(tests):
             llr = x * per_failure + ((n - x) * per_success if n > x else 0.0)
             if shift:
-                if tick >= traffic.slower_tick:  # it knows when the slowdown starts, too
-                    latency_llr[i] += (
-                        sum(shift * z - shift**2 / 2 for z in logged) / LATENCY_SIGMA**2
-                    )
+                latency_llr[i] += sum(shift * z - shift**2 / 2 for z in logged) / LATENCY_SIGMA**2
                 llr = latency_llr[i]
             if llr >= bar:
                 return traffic.decision(True, tick)
@@ -298,6 +292,7 @@ def scenarios() -> list[Scenario]:
     for rps in RATES:
         bad += [Scenario(error, rps) for error in ERRORS]
         bad += [Scenario(BASELINE_ERROR, rps, slowdown) for slowdown in SLOWDOWNS]
+        bad.append(Scenario(0.05, rps, fault_from=LATE))
         bad.append(Scenario(BASELINE_ERROR, rps, SLOWDOWNS[0], LATE))
     return bad + [Scenario(BASELINE_ERROR, rps) for rps in RATES]
 

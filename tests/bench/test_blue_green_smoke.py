@@ -30,8 +30,19 @@ def test_the_policies_see_the_same_stream() -> None:
 def test_a_late_slowdown_counts_only_what_was_served_slower() -> None:
     """50 % slower from 90 s after the switch: the harm is what was served from then on,
     and canarist rolls back after the slowdown began, not before."""
-    decisions = run_once(Scenario(0.005, 100, 1.5, 90.0), seed=1)
+    decisions = run_once(Scenario(0.005, 100, 1.5, fault_from=90.0), seed=1)
     served = decisions["Flagger blue/green"]  # never rolls back: the whole warm period
     assert 0.8 * served.requests * 510 / 600 < served.slowed < served.requests
     ours = decisions["canarist sequential (default)"]
     assert ours.rolled_back and ours.at > 90 and 0 < ours.slowed < served.slowed
+
+
+def test_a_late_fault_counts_only_the_failures_served_once_it_began() -> None:
+    """Failing 5 % from 90 s after the switch: canarist rolls back after it began, and
+    what it counts are the failures from then on."""
+    decisions = run_once(Scenario(0.05, 100, fault_from=90.0), seed=1)
+    served = decisions["Flagger blue/green"]  # never rolls back: the whole warm period
+    expected = 0.05 * served.requests * 510 / 600
+    assert 0.7 * expected < served.failures < 1.3 * expected
+    ours = decisions["canarist sequential (default)"]
+    assert ours.rolled_back and ours.at > 90 and 0 < ours.failures < served.failures
