@@ -286,26 +286,37 @@ async def test_a_bad_blue_green_release_is_rolled_back_in_its_warm_period(
     assert reference > verdict["detail"]["figures"]["baseline_requests"]
 
 
-@pytest.mark.parametrize(("old_error", "shared"), [(0.2, True), (0.005, False)])
+@pytest.mark.parametrize(
+    ("old_error", "shared", "restart"),
+    [(0.2, True, False), (0.005, False, False), (0.2, True, True)],
+)
 async def test_after_a_rollback_alone_the_old_release_tells_a_shared_fault_from_its_own(
-    tmp_path: Path, old_error: float, shared: bool
+    tmp_path: Path, old_error: float, shared: bool, restart: bool
 ) -> None:
     """A blue-green release failing a fifth of its requests is switched back. If the old
     release then fails about as often, the fault likely lies outside the release, and
-    the rollout's history says so; if it fails as before, the fault was the release's."""
+    the rollout's history says so; if it fails as before, the fault was the release's.
+    A controller restarted two seconds after the switch back still watches (what is
+    left of the seconds), and `status` still shows the rolled-back rollout's analysis."""
     world = World(tmp_path, BLUE_GREEN)
     rng = random.Random(1)
     await blue_green_switch(world, rng)
     await live(world, rng, canary_error=0.2, ticks=240)
     assert world.engine.history("web")[0]["phase"] == "rolled_back"
     world.metrics.recent_adds = 36  # the provider's last seconds: after the switch back
-    for _ in range(44):
+    for second in range(44):
+        if restart and second == 8:
+            world.engine = world.new_engine()
         world.metrics.add("web", world.v1, 100, sum(rng.random() < old_error for _ in range(100)))
         await world.settle(1, step=0.25)
     events = world.engine.history("web")[0]["events"]
     (aftermath,) = [e["detail"] for e in events if e["kind"] == "rollback.aftermath"]
     assert aftermath["shared"] is shared
     assert aftermath["requests"] == 3600
+    assert (aftermath["seconds"] < 9) is restart
+    analysis = world.status()["analysis"]
+    assert analysis["finished"] and analysis["verdict"] == "fail"
+    assert analysis["figures"]["judged_on_its_own"] == "alone"
     assert ("lies outside the release" in aftermath["summary"]) is shared
     assert ("the fault was the new release's" in aftermath["summary"]) is not shared
 

@@ -80,6 +80,7 @@ class _Aftermath:
     on: Literal["errors", "latency"]
     canary: float  # the canary's error rate, or its median latency (ms)
     before: float
+    seconds: float = AFTERMATH_SECONDS  # how long it is watched: less after a restart
 
 
 @dataclass
@@ -451,30 +452,53 @@ class Engine:
             return None
         return counts, recent_ms
 
-    def _watch_aftermath(self, rollout: Rollout) -> None:
-        """After a canary alone is rolled back for failing or for slowness (nothing
-        beside it to tell a shared fault from its own), watch whether the old release
-        does the same once it serves again."""
+    def _watch_aftermath(
+        self, rollout: Rollout, outcome: str | None, f: Mapping[str, Any], since: float
+    ) -> None:
+        """After a canary alone is rolled back (at `since`) for failing or for slowness
+        (nothing beside it to tell a shared fault from its own; `outcome` and `f`: the
+        last verdict and its figures), watch whether the old release does the same once
+        it serves again."""
         runtime = self._runtime[rollout.service]
-        verdict = runtime.watch.verdict if runtime.watch is not None else None
-        if verdict is None or verdict.outcome != "fail" or rollout.previous is None:
+        if outcome != "fail" or rollout.previous is None:
             return
-        f = verdict.figures
         if f.get("judged_on_its_own") != "alone":
             return
 
         def reached(evidence: str) -> bool:
             return float(f.get(evidence, 0)) >= float(f.get(f"{evidence}_to_fail", math.inf))
 
-        start = (rollout.id, rollout.previous, self.clock())
+        start = (rollout.id, rollout.previous, since)
+        left = AFTERMATH_SECONDS - max(0.0, self.clock() - since)  # all of it but on a restart
         if reached("error_evidence") and f.get("on_its_own_requests"):
             rate = float(f["on_its_own_failures"]) / float(f["on_its_own_requests"])
             before = float(f.get("reference_rate_bound", 0.0))
-            runtime.aftermath = _Aftermath(*start, "errors", rate, before)
+            runtime.aftermath = _Aftermath(*start, "errors", rate, before, left)
         elif reached("latency_evidence") and "latency_reference_p50_ms" in f:
             canary = float(f.get("canary_p50_ms", 0.0))
             before = float(f["latency_reference_p50_ms"])
-            runtime.aftermath = _Aftermath(*start, "latency", canary, before)
+            runtime.aftermath = _Aftermath(*start, "latency", canary, before, left)
+
+    def _resume_ended(self, service: str) -> None:
+        """The last ended rollout's analysis, for `status`; and if it was rolled back less
+        than AFTERMATH_SECONDS ago with no aftermath recorded, the watch of its old
+        release (over what is left of those seconds)."""
+        last = next(iter(self.store.rollouts(service, limit=1)), None)
+        if last is None or last.ended_at is None:
+            return
+        events = self.store.events(service, last.id)
+        ended = [e.detail for e in events if e.kind == f"rollout.{last.phase}"]
+        analysis = ended[-1].get("analysis") if ended else None
+        if not isinstance(analysis, dict):
+            return
+        self._runtime[service].last_analysis = analysis
+        if (
+            last.phase == "rolled_back"
+            and self.clock() - last.ended_at < AFTERMATH_SECONDS
+            and not any(e.kind == "rollback.aftermath" for e in events)
+        ):
+            figures = analysis.get("figures") or {}
+            self._watch_aftermath(last, analysis.get("verdict"), figures, last.ended_at)
 
     async def _read_aftermath(self, service: str) -> None:
         """Once AFTERMATH_SECONDS have passed, record how the old release did."""
@@ -484,7 +508,7 @@ class Engine:
             return
         runtime.aftermath = None
         history = await self._history(
-            service, after.release, latencies=after.on == "latency", seconds=AFTERMATH_SECONDS
+            service, after.release, latencies=after.on == "latency", seconds=after.seconds
         )
         if history is None:
             return
@@ -513,7 +537,10 @@ class Engine:
             self.store.save_service(state)
         reason = await self._observe(rollout, state)
         if reason is not None:
-            self._watch_aftermath(rollout)
+            watch = self._runtime[rollout.service].watch
+            if watch is not None and watch.verdict is not None:
+                verdict = watch.verdict
+                self._watch_aftermath(rollout, verdict.outcome, verdict.figures, self.clock())
             self._end(rollout, "rolled_back", reason)
             return
         step = rollout.current
@@ -655,7 +682,10 @@ class Engine:
     # -- reconciliation ----------------------------------------------------------------
 
     async def _adopt(self) -> None:
-        """After a (re)start: keep the instances still running, write off the others."""
+        """After a (re)start: keep the instances still running, write off the others; take
+        up what the last rollout of each service left to show or to watch."""
+        for name in self.spec.services:
+            self._resume_ended(name)
         for record in self.store.instances():
             if record.state == "starting" or record.pid == 0:
                 # Its process may exist without our knowing its PID: the platform finds it.
@@ -1041,11 +1071,11 @@ def _aftermath_detail(
     more and above its own rate before; or answered (median of at least 10) at least
     halfway from its own median before to the canary's — so the fault likely lies
     outside the release; or it did far better, so the fault was the release's."""
-    back = f"after the switch back, the old release {{}} in {AFTERMATH_SECONDS:g}s"
+    back = f"after the switch back, the old release {{}} in {after.seconds:.3g}s"
     rate = failures / requests if requests else 0.0
     detail: dict[str, Any] = {
         "release": after.release,
-        "seconds": AFTERMATH_SECONDS,
+        "seconds": after.seconds,
         "on": after.on,
         "requests": requests,
         "failures": failures,
