@@ -39,8 +39,9 @@ The policies
         through, not simulated).
     Wald SPRT, true rates known: the log-likelihood ratio of the true rate (or
         latency shift) against the old release's, over what was served once the fault
-        began (it knows when), rolling back at log(1 / 0.01): a lower bound, not a deployable policy (in A/A runs, of twice
-        the rate and of 25 % slower, each at half of 0.01).
+        began (it knows when), rolling back at log(1 / 0.01): a lower bound, not a
+        deployable policy (in A/A runs, of twice the rate and of 25 % slower, each at
+        half of 0.01).
 """
 
 from __future__ import annotations

@@ -304,8 +304,9 @@ class _Detector:
     later <- later + increment, and later <- log(exp(later) + w_s) as seconds begin.
     Each such term is a supermartingale under the null and the weights sum to at most
     1, so the mixture of the two, weighted FIRST_RUN_SHARE and 1 - FIRST_RUN_SHARE,
-    ever reaches 1 / alpha with probability at most alpha (Ville). Unlike restarts, no stretch of good evidence before a
-    regression has to be climbed back: the run from the second it began counts too.
+    ever reaches 1 / alpha with probability at most alpha (Ville). Unlike restarts, no
+    stretch of good evidence before a regression has to be climbed back: the run from
+    the second it began counts too.
     """
 
     def __init__(self, size: int, alpha: float) -> None:
