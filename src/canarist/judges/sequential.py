@@ -97,7 +97,7 @@ When the split is not random: the canary alone, or only on request
     holds. The analysis should start before the canary takes traffic, so that the
     baseline's rate is known by then (the controller starts it with the rollout).
 
-Every second a fresh start, so that a late regression is caught as fast as an early one
+Every second a fresh start, so that a late regression need not outweigh the good before it
     Under the null a mixture drifts down, and after a long good stretch a regression
     would first have to climb back: at hundreds of requests a second, a minute of good
     ones sinks it by hundreds of nats. So each rollback mixture adds to its run from the
@@ -360,7 +360,7 @@ class _BothDetectors:
 
     def __init__(self, size: int, alpha: float, floor: _RateMixture | None) -> None:
         self.relative = _Detector(size, alpha)
-        self._floor = None if floor is None else (floor, _Detector(len(floor.logs(0, 0)), alpha))
+        self._floor = None if floor is None else (floor, _Detector(floor.size, alpha))
         self._failed = False  # with no floor, one canary failure clears it
         self.bar = self.relative.bar
         self.evidence = min(self.relative.evidence, self._floor_evidence())
@@ -409,6 +409,7 @@ class _RateMixture:
     """
 
     def __init__(self, rates: Sequence[float], null: float) -> None:
+        self.size = len(rates)
         self._per_failure = [math.log(r / null) for r in rates]
         self._per_success = [math.log((1 - r) / (1 - null)) for r in rates]
         self._log_weight = -math.log(len(rates))
