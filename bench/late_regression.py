@@ -175,6 +175,7 @@ def run_once(scenario: Scenario, seed: int) -> dict[str, Decision]:
 
 def _chunk(args: tuple[Scenario, int, int]) -> list[dict[str, Decision]]:
     scenario, first, count = args
+    # The same seeds whenever the fault starts: runs differ only from the fault on.
     seed = round(scenario.error * 10_000) * 100_003 + scenario.rps * 1_000_003
     return [run_once(scenario, seed + i) for i in range(first, first + count)]
 
@@ -238,9 +239,9 @@ def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
         for name in POLICIES[:4]:
             cells = []
             for scenario in aa:
-                runs_ = results[scenario]
-                rate = sum(r[name].rolled_back for r in runs_) / len(runs_)
-                cells.append(f"{f'{rate:.2%} of {len(runs_)}':>36}")
+                every = results[scenario]
+                rate = sum(r[name].rolled_back for r in every) / len(every)
+                cells.append(f"{f'{rate:.2%} of {len(every)}':>36}")
             lines.append(f"  {name:32}" + "".join(cells))
     return "\n".join(lines)
 

@@ -460,9 +460,7 @@ class Engine:
         last verdict and its figures), watch whether the old release does the same once
         it serves again."""
         runtime = self._runtime[rollout.service]
-        if outcome != "fail" or rollout.previous is None:
-            return
-        if f.get("judged_on_its_own") != "alone":
+        if outcome != "fail" or rollout.previous is None or f.get("judged_on_its_own") != "alone":
             return
 
         def reached(evidence: str) -> bool:
