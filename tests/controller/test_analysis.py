@@ -486,12 +486,23 @@ async def test_a_slower_blue_green_release_is_rolled_back_in_its_warm_period(
 
 
 def test_an_aftermath_with_too_little_to_go_on_blames_nobody() -> None:
-    """No request after the switch back, or too few latencies: neither verdict."""
+    """The old release's requests after the switch back must tell the two stories apart
+    (a likelihood ratio of 20, or a sign test at 5 %); on thin evidence neither is told.
+    The canary failed 20 % alone against 1 % before, or answered in 120 ms against 60."""
     errors = _Aftermath(1, "v1", 0.0, "errors", 0.2, 0.01)
     quiet = _aftermath_detail(errors, 0, 0)
-    assert not quiet["shared"] and quiet["summary"].endswith("served no request in 10s")
+    assert quiet["shared"] is None and quiet["summary"].endswith("served no request in 10s")
+    # 1 failure in 20 (5 %): between 1 % and 20 %, and too few requests to weigh them
+    thin = _aftermath_detail(errors, 20, 1)
+    assert thin["shared"] is None and thin["summary"].endswith("too few to tell whose fault it was")
+    assert 1 / 20 < thin["likelihood_ratio"] < 20
+    assert _aftermath_detail(errors, 100, 20)["shared"] is True
+    assert _aftermath_detail(errors, 100, 1)["shared"] is False
     slow = _Aftermath(1, "v1", 0.0, "latency", 120.0, 60.0)
     few = _aftermath_detail(slow, 5, 0, (110.0,) * 5)
-    assert not few["shared"] and few["summary"].endswith("too few to tell whose fault it was")
-    assert _aftermath_detail(slow, 50, 0, (110.0,) * 50)["shared"]
-    assert not _aftermath_detail(slow, 50, 0, (62.0,) * 50)["shared"]
+    assert few["shared"] is None and few["summary"].endswith("too few to tell whose fault it was")
+    # as many above the 90 ms midpoint as below: no story is favoured
+    even = _aftermath_detail(slow, 40, 0, (62.0, 118.0) * 20)
+    assert even["shared"] is None
+    assert _aftermath_detail(slow, 50, 0, (110.0,) * 50)["shared"] is True
+    assert _aftermath_detail(slow, 50, 0, (62.0,) * 50)["shared"] is False

@@ -66,6 +66,11 @@ REFERENCE_SECONDS = 600.0
 # After a canary that took all the traffic is rolled back for failing or slowness, how
 # long the old release is watched: if it does the same, the fault is likely a shared one.
 AFTERMATH_SECONDS = 10.0
+# The likelihood ratio (or one over a sign test's p-value) that settles, after such a
+# rollback, whether the old release does what the canary did or what it did before;
+# and the latencies a sign test needs at least.
+AFTERMATH_EVIDENCE = 20.0
+AFTERMATH_LATENCIES = 10
 
 
 @dataclass(frozen=True)
@@ -1064,11 +1069,15 @@ class Engine:
 def _aftermath_detail(
     after: _Aftermath, requests: int, failures: int, latencies: Sequence[float] = ()
 ) -> dict[str, Any]:
-    """What the old release did in the seconds after a canary alone was rolled back. It
-    did about what the canary did — failed at least 3 times, at half the canary's rate or
-    more and above its own rate before; or answered (median of at least 10) at least
-    halfway from its own median before to the canary's — so the fault likely lies
-    outside the release; or it did far better, so the fault was the release's."""
+    """What the old release did in the seconds after a canary alone was rolled back,
+    weighed between two stories: it now does what the canary did (the fault likely lies
+    outside the release, in a dependency both use: `shared` True), or what it did before
+    (the fault was the release's: False). For errors, the likelihood ratio of its
+    failures under the canary's rate against its own rate before (the bound the canary
+    was judged against); for latency, a sign test of its latencies (at least
+    AFTERMATH_LATENCIES) about the midpoint between its median before and the canary's.
+    A ratio of AFTERMATH_EVIDENCE either way, or a sign test at 1 / AFTERMATH_EVIDENCE,
+    settles it; anything less is too few to tell (`shared` None)."""
     back = f"after the switch back, the old release {{}} in {after.seconds:.3g}s"
     rate = failures / requests if requests else 0.0
     detail: dict[str, Any] = {
@@ -1079,28 +1088,48 @@ def _aftermath_detail(
         "failures": failures,
         "error_rate": rate,
     }
+    shared: bool | None = None
     if after.on == "errors":
-        known = requests > 0
         canary = f"{100 * after.canary:.2f}%"
         seen = back.format(f"failed {failures} of {requests} requests ({100 * rate:.2f}%)")
-        shared = failures >= 3 and rate > after.before and rate >= after.canary / 2
-        detail.update(canary_error_rate=after.canary, before_rate_bound=after.before)
+        log_ratio = _log_rate_ratio(requests, failures, after.canary, after.before)
+        if log_ratio >= math.log(AFTERMATH_EVIDENCE):
+            shared = True
+        elif log_ratio <= -math.log(AFTERMATH_EVIDENCE):
+            shared = False
+        detail.update(
+            canary_error_rate=after.canary,
+            before_rate_bound=after.before,
+            likelihood_ratio=math.exp(max(-700.0, min(log_ratio, 700.0))),
+        )
         alike, unlike = "about as often as", "far less often than"
     else:
-        median = statistics.median(latencies) if len(latencies) >= 10 else None
-        known = median is not None
+        median = statistics.median(latencies) if latencies else None
         canary = f"{after.canary:.0f} ms, {after.before:.0f} ms before"
         seen = back.format(
             f"answered in {median:.0f} ms (median of {len(latencies)})"
             if median is not None
-            else f"logged the latencies of {len(latencies)} requests"
+            else "logged no latency"
         )
-        shared = median is not None and median >= (after.before + after.canary) / 2
-        detail.update(p50_ms=median, canary_p50_ms=after.canary, before_p50_ms=after.before)
+        midpoint = (after.before + after.canary) / 2
+        above = sum(ms > midpoint for ms in latencies)
+        below = sum(ms < midpoint for ms in latencies)
+        if above + below >= AFTERMATH_LATENCIES:
+            if _sign_test(above, below) <= 1 / AFTERMATH_EVIDENCE:
+                shared = True
+            elif _sign_test(below, above) <= 1 / AFTERMATH_EVIDENCE:
+                shared = False
+        detail.update(
+            p50_ms=median,
+            canary_p50_ms=after.canary,
+            before_p50_ms=after.before,
+            above_midpoint=above,
+            below_midpoint=below,
+        )
         alike, unlike = "about as slowly as", "far faster than"
     if not requests:
         summary = back.format("served no request")
-    elif not known:
+    elif shared is None:
         summary = f"{seen}: too few to tell whose fault it was"
     elif shared:
         summary = (
@@ -1111,6 +1140,27 @@ def _aftermath_detail(
         summary = f"{seen}, {unlike} the new one ({canary}): the fault was the new release's"
     detail.update(shared=shared, summary=summary)
     return detail
+
+
+def _log_rate_ratio(requests: int, failures: int, canary: float, before: float) -> float:
+    """log of P(failures | canary's rate) / P(failures | the rate before); 0 when the two
+    rates do not differ as a rollback for errors implies."""
+    if not 0 < before < canary:
+        return 0.0
+    successes = requests - failures
+    if canary >= 1:
+        return -math.inf if successes else failures * math.log(1 / before)
+    return failures * math.log(canary / before) + successes * math.log((1 - canary) / (1 - before))
+
+
+def _sign_test(more: int, fewer: int) -> float:
+    """One-sided sign test: P(at least `more` of more + fewer fair coin flips come up);
+    exact up to 200 flips, by the normal approximation (continuity-corrected) beyond."""
+    n = more + fewer
+    if n > 200:
+        z = (more - 0.5 - n / 2) / math.sqrt(n / 4)
+        return 1 - statistics.NormalDist().cdf(z)
+    return float(sum(math.comb(n, k) for k in range(more, n + 1))) / float(2**n)
 
 
 def _weights(canary: str, stable: str | None, percent: int) -> dict[str, int]:
