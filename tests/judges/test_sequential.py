@@ -159,13 +159,27 @@ def test_releases_that_never_fail_can_pass() -> None:
     assert verdict.outcome == "pass", verdict.reason
 
 
-def test_a_few_failures_against_a_perfect_baseline_are_tolerated() -> None:
-    """Error rates below min_error_rate never roll back, even against a baseline with none."""
-    analysis = SequentialJudge(SequentialSettings(min_requests=10**9)).begin()
+def few_failures_against_a_perfect_baseline(failures: int, **settings: float) -> Verdict:
+    """200 s of 5,000 req/s, canary at 10 %: `failures` canary failures, one a second from
+    the 100th, and none on the baseline; the last verdict."""
+    analysis = SequentialJudge(SequentialSettings(min_requests=10**9, **settings)).begin()
+    verdict = Verdict("continue", "")
     for step in range(1, 201):
-        canary = Sample(step * 500, 2 if step > 100 else 0)  # 2 failures in 100,000 requests
+        canary = Sample(step * 500, min(max(0, step - 100), failures))
         verdict = analysis.update(Observation(step * 1.0, canary, Sample(step * 4500, 0)))
-        assert verdict.outcome != "fail", verdict.reason
+        if verdict.outcome == "fail":
+            break
+    return verdict
+
+
+def test_a_few_failures_against_a_perfect_baseline_are_tolerated() -> None:
+    """Error rates below min_error_rate never roll back, even against a baseline with none:
+    2, or 8, failures in 100,000 requests. With no such floor (min_error_rate 0), 8 are
+    rolled back."""
+    assert few_failures_against_a_perfect_baseline(2).outcome != "fail"
+    assert few_failures_against_a_perfect_baseline(8).outcome != "fail"
+    unfloored = few_failures_against_a_perfect_baseline(8, min_error_rate=0.0)
+    assert unfloored.outcome == "fail" and "fails more" in unfloored.reason
 
 
 def test_a_shared_outage_is_no_evidence_against_the_canary() -> None:
