@@ -903,6 +903,20 @@ def run_arguments(description: str, argv: Sequence[str] | None) -> argparse.Name
     return parser.parse_args(argv)
 
 
+def simulation_main(
+    description: str,
+    run: Callable[[int, int, int], str],
+    argv: Sequence[str] | None,
+    quick: tuple[int, int] = (2, 4),
+) -> int:
+    """The entry point of a simulation benchmark: `run(runs, aa_runs, jobs)` gives its
+    report, printed; --quick runs `quick` (runs, A/A runs) in this process."""
+    args = run_arguments(description, argv)
+    runs, aa_runs, jobs = (*quick, 1) if args.quick else (args.runs, args.aa_runs, args.jobs)
+    print(run(runs, aa_runs, jobs))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
     args = run_arguments(__doc__.splitlines()[0], argv)

@@ -51,8 +51,8 @@ from bench.blast_radius import (
     TICK,
     binomial,
     poisson,
-    run_arguments,
     run_work,
+    simulation_main,
     split_work,
 )
 
@@ -248,12 +248,12 @@ def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    args = run_arguments(__doc__.splitlines()[0], argv)
-    if args.quick:
-        print(report(benchmark(runs=2, aa_runs=2, jobs=1)))
-    else:
-        print(report(benchmark(args.runs, args.aa_runs, args.jobs)))
-    return 0
+    return simulation_main(
+        __doc__.splitlines()[0],
+        lambda runs, aa_runs, jobs: report(benchmark(runs, aa_runs, jobs)),
+        argv,
+        quick=(2, 2),
+    )
 
 
 if __name__ == "__main__":
