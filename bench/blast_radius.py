@@ -905,15 +905,16 @@ def run_arguments(description: str, argv: Sequence[str] | None) -> argparse.Name
 
 def simulation_main(
     description: str,
-    run: Callable[[int, int, int], str],
+    benchmark: Callable[[int, int, int], Result],
+    report: Callable[[Result], str],
     argv: Sequence[str] | None,
     quick: tuple[int, int] = (2, 4),
 ) -> int:
-    """The entry point of a simulation benchmark: `run(runs, aa_runs, jobs)` gives its
-    report, printed; --quick runs `quick` (runs, A/A runs) in this process."""
+    """The entry point of a simulation benchmark: prints `report(benchmark(runs, aa_runs,
+    jobs))`; --quick runs `quick` (runs, A/A runs) in this process."""
     args = run_arguments(description, argv)
     runs, aa_runs, jobs = (*quick, 1) if args.quick else (args.runs, args.aa_runs, args.jobs)
-    print(run(runs, aa_runs, jobs))
+    print(report(benchmark(runs, aa_runs, jobs)))
     return 0
 
 

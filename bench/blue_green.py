@@ -343,12 +343,7 @@ def report(results: dict[Scenario, list[dict[str, Decision]]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    return simulation_main(
-        __doc__.splitlines()[0],
-        lambda runs, aa_runs, jobs: report(benchmark(runs, aa_runs, jobs)),
-        argv,
-        quick=(2, 4),
-    )
+    return simulation_main(__doc__.splitlines()[0], benchmark, report, argv, quick=(2, 4))
 
 
 if __name__ == "__main__":
