@@ -264,6 +264,48 @@ def test_crashes_of_haproxy_and_the_controller_do_not_fool_the_judge(
     assert cli.status()["stable"] == ref
 
 
+def test_a_controller_killed_right_after_a_blue_green_rollback_still_says_whose_fault(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """The controller SIGKILLed right after it switched a failing blue-green release back,
+    then started again: it watches the old release for what is left of the seconds after
+    the switch back, and `history` says whose fault it was; `status` still shows the
+    analysis of the rolled-back rollout."""
+    cli, refs = project
+    with Load(cli.url, rate=RATE, connections=12):
+        time.sleep(3.0)
+        deploy = cli("deploy", "web", refs["bad"], "--strategy", "blue-green", "--json")
+        rollout_id = json.loads(deploy.stdout)["id"]
+        rollout = wait_until(lambda: _ended(cli, rollout_id), "rollout ended", timeout=60)
+        controller = cli.controller_pid()
+        os.kill(controller, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{controller}").exists(), "controller gone")
+        cli("up")
+        restarted = time.time()
+        aftermath = wait_until(
+            lambda: _aftermath(cli, rollout_id), "aftermath", timeout=AFTERMATH_SECONDS + 10
+        )
+    print(
+        f"controller restarted {restarted - rollout['ended_at']:.1f}s after the switch back;"
+        f" aftermath: {aftermath['summary']}"
+    )
+    assert rollout["phase"] == "rolled_back"
+    assert restarted - rollout["ended_at"] < AFTERMATH_SECONDS
+    assert aftermath["shared"] is False and aftermath["requests"] > 100
+    assert aftermath["seconds"] < AFTERMATH_SECONDS
+    analysis = cli.status()["analysis"]
+    assert analysis["finished"] and analysis["verdict"] == "fail"
+
+
+def _aftermath(cli: Canarist, rollout_id: int) -> dict[str, Any] | None:
+    for rollout in json.loads(cli("history", "web", "--json").stdout):
+        if rollout["id"] == rollout_id:
+            for event in rollout["events"]:
+                if event["kind"] == "rollback.aftermath":
+                    return dict(event["detail"])
+    return None
+
+
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
