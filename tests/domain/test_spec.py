@@ -36,7 +36,18 @@ def test_strategy_as_a_plain_name() -> None:
         ("services:\n  web:\n    colour: blue\n", "services.web.colour"),
         ("services:\n  Web!:\n    {}\n", "service name"),
         ("services:\n  web:\n    health: {path: healthz}\n", "must start with '/'"),
-        ("services:\n  web:\n    drain_timeout: soon\n", "not a duration"),
+        ("services:\n  web:\n    drain_timeout: soon\n", "services.web.drain_timeout: not a"),
+        ("services:\n  web:\n    stop_grace: -1\n", "services.web.stop_grace: a duration cannot"),
+        ("services:\n  web:\n    health: {interval: 0s}\n", "services.web.health.interval"),
+        ("services:\n  web:\n    health: {timeout: 0}\n", "services.web.health.timeout"),
+        (
+            "services:\n  web:\n    strategy: {steps: [{analyze: 0s}]}\n",
+            "services.web.strategy.steps.0.analyze: Input should be greater than 0",
+        ),
+        (
+            "services:\n  web:\n    strategy: {kind: linear, step_interval: 0}\n",
+            "services.web.strategy.step_interval",
+        ),
         (
             "services:\n  a:\n    listen: 127.0.0.1:1\n  b:\n    listen: 127.0.0.1:1\n",
             "both listen",
@@ -59,15 +70,34 @@ def test_malformed_specs_are_one_clear_line(text: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("services:\n  web:\n    analysis: {judge: coin-flip}\n", "unknown judge 'coin-flip'"),
-        ("services:\n  web:\n    analysis: {settings: {alpha: 2}}\n", "alpha"),
-        ("services:\n  web:\n    analysis: {no_data: shrug}\n", "no_data"),
+        (
+            "services:\n  web:\n    analysis: {judge: coin-flip}\n",
+            "services.web.analysis: unknown judge 'coin-flip'"
+            " (valid: mann-whitney, none, sequential, threshold)",
+        ),
+        (
+            "services:\n  web:\n    analysis: {settings: {alpha: 2}}\n",
+            "services.web.analysis: judge 'sequential': alpha:",
+        ),
+        (
+            "services:\n  web:\n    analysis: {judge: threshold, settings: {interval: soon}}\n",
+            "services.web.analysis: judge 'threshold': interval: not a duration: 'soon'",
+        ),
+        ("services:\n  web:\n    analysis: {no_data: shrug}\n", "services.web.analysis.no_data"),
+        (
+            "services:\n  web:\n    analysis: {judge: none, settings: {alpha: 0.05}}\n",
+            "services.web.analysis: judge 'none' takes no settings",
+        ),
     ],
 )
 def test_malformed_analysis_is_refused(text: str, fragment: str) -> None:
-    """A bad judge name or setting is caught when the spec is read, not mid-rollout."""
-    with pytest.raises(ConfigError, match=fragment):
+    """A bad judge name or setting is caught when the spec is read, not mid-rollout, in one
+    line that names the service and the setting."""
+    with pytest.raises(ConfigError) as caught:
         parse_spec(text)
+    message = str(caught.value)
+    assert fragment in message
+    assert "\n" not in message
 
 
 def test_analysis_defaults_to_the_sequential_judge_in_the_background() -> None:

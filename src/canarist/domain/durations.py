@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 from canarist.errors import ConfigError
 
@@ -23,6 +26,18 @@ def parse_duration(value: object) -> float:
         if match:
             return float(match.group(1)) * _UNITS[match.group(2) or "s"]
     raise ConfigError(f"not a duration: {value!r} (use e.g. 30, '30s', '5m', '1h')")
+
+
+def _duration_field(value: object) -> float:
+    # A ValueError, so that pydantic's one-line error names the field (services.web.…).
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Seconds = Annotated[float, BeforeValidator(_duration_field)]
+"""A duration field of a spec or of a judge's settings: 60, "60s", "1m"."""
 
 
 def format_duration(seconds: float) -> str:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from canarist.domain.durations import parse_duration
+from canarist.domain.durations import Seconds
 from canarist.domain.validation import parse_settings
 from canarist.errors import ConfigError
-
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 STRATEGY_KINDS = ("canary", "linear", "blue-green", "rolling", "all-at-once")
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
@@ -27,9 +25,9 @@ class HealthSpec(_Model):
     """How instances are checked."""
 
     path: str | None = None  # default: the release's own health path
-    interval: Seconds = 1.0
-    timeout: Seconds = 1.0
-    start_timeout: Seconds = 30.0
+    interval: Seconds = Field(default=1.0, gt=0)
+    timeout: Seconds = Field(default=1.0, gt=0)
+    start_timeout: Seconds = Field(default=30.0, gt=0)
     failures: int = Field(default=3, ge=1)  # consecutive failed probes before replacement
 
     @model_validator(mode="after")
@@ -43,7 +41,8 @@ class CanaryStepSpec(_Model):
     """One step of an explicit canary: exactly one of set_weight, pause or analyze."""
 
     set_weight: int | None = Field(default=None, ge=0, le=100)
-    analyze: Seconds | None = None  # judge for up to this long; a pass ends it early
+    # analyze: judge for up to this long; a pass ends it early
+    analyze: Seconds | None = Field(default=None, gt=0)
     # pause: a duration, or "manual" / {} / null for a gate that waits for `promote`
     pause: Seconds | None = None
     manual: bool = False
@@ -88,7 +87,7 @@ class StrategySpec(_Model):
     kind: str = "canary"
     steps: list[CanaryStepSpec] = Field(default_factory=_default_ladder)  # canary
     step_percent: int = Field(default=10, ge=1, le=100)  # linear
-    step_interval: Seconds = 60.0  # linear
+    step_interval: Seconds = Field(default=60.0, gt=0)  # linear
     max_surge: int = Field(default=1, ge=0)  # rolling
     max_unavailable: int = Field(default=0, ge=0)  # rolling
     preview: Seconds | None = None  # blue-green: time to hold the new release before the switch
@@ -128,10 +127,19 @@ class AnalysisSpec(_Model):
 
     @model_validator(mode="after")
     def _known_judge(self) -> AnalysisSpec:
-        if self.judge != "none":
-            from canarist.judges import make_judge
+        if self.judge == "none":
+            if self.settings:
+                raise ValueError("judge 'none' takes no settings")
+            return self
+        from canarist.judges import judge_names, make_judge
 
-            make_judge(self.judge, self.settings)  # ConfigError names the bad setting
+        if self.judge not in judge_names():
+            valid = ", ".join(sorted([*judge_names(), "none"]))
+            raise ValueError(f"unknown judge {self.judge!r} (valid: {valid})")
+        try:
+            make_judge(self.judge, self.settings)
+        except ConfigError as exc:  # as a ValueError, the error names the service
+            raise ValueError(str(exc)) from None
         return self
 
 

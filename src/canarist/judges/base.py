@@ -16,15 +16,12 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Protocol
+from typing import Literal, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
-
-from canarist.domain.durations import parse_duration
+from pydantic import BaseModel, ConfigDict
 
 Outcome = Literal["pass", "fail", "continue", "no_data"]
 Figure = float | int | str
-Seconds = Annotated[float, BeforeValidator(parse_duration)]  # 60, "60s", "1m"
 
 PASS: Outcome = "pass"  # the canary is no worse than the baseline; it may be promoted
 FAIL: Outcome = "fail"  # the canary is worse than the baseline; roll it back

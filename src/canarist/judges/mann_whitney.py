@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from canarist.domain.durations import Seconds
 from canarist.judges.base import (
     CONTINUE,
     FAIL,
@@ -36,7 +37,6 @@ from canarist.judges.base import (
     Figure,
     IntervalAnalysis,
     JudgeSettings,
-    Seconds,
     Verdict,
     count_figures,
     latency_figures,

@@ -168,6 +168,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
+from canarist.domain.durations import Seconds
 from canarist.judges.base import (
     CONTINUE,
     FAIL,
@@ -178,7 +179,6 @@ from canarist.judges.base import (
     JudgeSettings,
     LatencyHistogram,
     Observation,
-    Seconds,
     Stages,
     Verdict,
     histogram_figures,

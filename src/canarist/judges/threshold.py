@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from canarist.domain.durations import Seconds
 from canarist.judges.base import (
     CONTINUE,
     FAIL,
@@ -27,7 +28,6 @@ from canarist.judges.base import (
     IntervalAnalysis,
     JudgeSettings,
     Outcome,
-    Seconds,
     Verdict,
     count_figures,
     latency_figures,
