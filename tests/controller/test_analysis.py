@@ -168,6 +168,41 @@ async def test_other_judges_are_wired_too(tmp_path: Path, judge: str) -> None:
     assert world.engine.history("web")[0]["phase"] == "rolled_back"
 
 
+STRATEGIES = {
+    "linear": "{kind: linear, step_percent: 10, step_interval: 1m}",
+    "rolling": "{kind: rolling, max_surge: 1}",
+    "preset": "Canary10Percent5Minutes",
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+async def test_every_strategy_that_shares_traffic_is_watched_in_the_background(
+    tmp_path: Path, strategy: str
+) -> None:
+    """Linear steps, rolling batches and CodeDeploy's presets have no analyze step: the
+    judge watches them in the background, and a failing release goes back to stable
+    long before its steps are through (linear: 10 minutes, the preset: 5)."""
+    spec = SPEC.format(judge="sequential", no_data="wait", settings="{}")
+    spec = spec.replace("instances: 2", "instances: 4")
+    head, _, tail = spec.partition("    strategy:\n")
+    spec = head + f"    strategy: {STRATEGIES[strategy]}\n" + tail[tail.index("    analysis:") :]
+    world = World(tmp_path, spec)
+    await world.engine.deploy("web", world.v1)
+    await world.settle()
+    await world.engine.deploy("web", world.v2)
+    await world.settle(3, step=0.25)
+    started = world.clock.now
+    await live(world, random.Random(11), canary_error=0.2, ticks=400)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back", history
+    assert "sequential judge" in history["reason"]
+    assert world.clock.now - started < 60  # within the first minute, at the first weight
+    await world.settle(20)
+    assert world.weights() == {world.v1: 100}
+    releases = [i.release for i in world.platform.running.values()]
+    assert releases == [world.v1] * 4  # stable back at full size, the new release gone
+
+
 async def test_a_restarted_controller_keeps_the_evidence(tmp_path: Path) -> None:
     """The judge's evidence survives a controller restart: replayed, then counted on."""
     world = world_with(tmp_path)
