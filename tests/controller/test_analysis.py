@@ -321,6 +321,33 @@ async def test_a_bad_blue_green_release_is_rolled_back_in_its_warm_period(
     assert reference > verdict["detail"]["figures"]["baseline_requests"]
 
 
+async def test_a_controller_restarted_in_the_warm_period_keeps_the_old_releases_reference(
+    tmp_path: Path,
+) -> None:
+    """The controller restarts in the warm period, when the metrics provider's history
+    starts afresh and holds nothing of the old release from before the switch: the
+    judge, replayed from the stored evidence, still holds the new release to the old
+    one's rate and latencies then, and rolls a release that now fails back."""
+    world = World(tmp_path, BLUE_GREEN)
+    rng = random.Random(4)
+    await blue_green_switch(world, rng)
+    await live(world, rng, canary_error=0.005, ticks=20)  # 5 healthy seconds alone
+    before = world.status()["analysis"]["figures"]
+    assert world.status()["phase"] == "progressing"
+    world.metrics.added.clear()  # a restarted provider remembers nothing from before
+    world.metrics.latency_log.clear()
+    world.engine = world.new_engine()
+    fault = world.clock.now
+    await live(world, rng, canary_error=0.2, ticks=240)
+    history = world.engine.history("web")[0]
+    assert history["phase"] == "rolled_back", history["reason"]
+    assert "before it took all traffic" in history["reason"]
+    assert world.clock.now - fault <= 2.0  # a second of failing traffic, as without a restart
+    verdict = [e for e in history["events"] if e["kind"] == "analysis.verdict"][-1]
+    assert verdict["detail"]["figures"]["reference_requests"] == before["reference_requests"]
+    assert world.weights() == {world.v1: 100}
+
+
 @pytest.mark.parametrize(
     ("old_error", "shared", "restart"),
     [(0.2, True, False), (0.005, False, False), (0.2, True, True)],
