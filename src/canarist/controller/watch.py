@@ -61,6 +61,7 @@ class Watch:
     # window, and those left out of the judged counts (while the split was random).
     _requested_seen: tuple[int, int] = (0, 0)
     _left_out: tuple[int, int] = (0, 0)
+    _stored_outcome: str | None = None  # the verdict when the latest row was stored
 
     @classmethod
     def begin(cls, spec: AnalysisSpec, rollout_id: int, now: float) -> Watch:
@@ -161,15 +162,17 @@ class Watch:
         they are new and `every` seconds have passed since the last write (or the verdict
         has just turned): a crash loses at most that much."""
         last = self.persisted
-        done = self.verdict is not None and self.verdict.outcome in ("pass", "fail")
+        outcome = self.verdict.outcome if self.verdict is not None else None
+        turned = outcome in ("pass", "fail") and outcome != self._stored_outcome
         fresh = any(self.unstored)
         if last is not None and self.last.counts == last.counts and not fresh:
             return None
-        if last is not None and self.last.at - last.at < every and not done:
+        if last is not None and self.last.at - last.at < every and not turned:
             return None
         canary, baseline = (_thinned(values) for values in self.unstored)
         self.unstored = ([], [])
         self.persisted = self.last
+        self._stored_outcome = outcome
         recent_ms, self._recent_ms_unstored = self._recent_ms_unstored, ()
         return self.last._replace(
             canary_ms=canary, baseline_ms=baseline, baseline_recent_ms=recent_ms
