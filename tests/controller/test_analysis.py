@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from canarist.controller import watch as watch_module
 from canarist.controller.engine import _Aftermath, _aftermath_detail
+from canarist.domain.spec import parse_spec
 from tests.controller.test_engine import World
 
 SPEC = """
@@ -568,3 +570,78 @@ def test_an_aftermath_with_too_little_to_go_on_blames_nobody() -> None:
     assert even["shared"] is None
     assert _aftermath_detail(slow, 50, 0, (110.0,) * 50)["shared"] is True
     assert _aftermath_detail(slow, 50, 0, (62.0,) * 50)["shared"] is False
+
+
+HELD = """
+services:
+  web:
+    listen: 127.0.0.1:18080
+    instances: 2
+    strategy:
+      kind: canary
+      steps:
+        - set_weight: 20
+        - pause: manual
+    analysis:
+      settings: {settings}
+"""
+
+
+async def held_canary(tmp: Path, seconds: float, restart_with: str | None = None) -> World:
+    """A canary held at a manual gate, judged in the background for `seconds` of traffic
+    (20 % of 400 requests/s, with latencies), the controller restarted halfway with the
+    judge's settings `restart_with`, if given (and an idle tick there either way)."""
+    world = World(tmp, HELD.format(settings="{}"))
+    rng = random.Random(21)
+    await world.engine.deploy("web", world.v1)
+    await world.settle()
+    await world.engine.deploy("web", world.v2)
+    await world.settle(3, step=0.25)
+    ticks = round(seconds * 4)
+    for k in range(ticks):
+        if k == ticks // 2:
+            if restart_with is not None:
+                world.spec = parse_spec(HELD.format(settings=restart_with))
+                world.engine = world.new_engine()
+            await world.settle(1, step=0.25)  # the window starts again with nothing in it
+        await traffic_tick(world, rng, 1.0)
+    await world.settle(1, step=0.25)
+    return world
+
+
+async def test_a_long_analysis_is_saved_and_taken_up_not_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every CHECKPOINT_EVERY seconds of evidence the judge's state is saved and the rows it
+    holds are dropped, so the evidence kept stays small however long the canary is
+    held; a restarted controller takes the state up and judges on as if it had never
+    stopped."""
+    monkeypatch.setattr(watch_module, "CHECKPOINT_EVERY", 5.0)
+    restarted = await held_canary(tmp_path / "restarted", 60, restart_with="{}")
+    rollout_id = restarted.engine.history("web")[0]["id"]
+    rows = restarted.store.observations(rollout_id)
+    assert len(rows) <= 2 + 5 * 4  # the first, the last saved, and five seconds after
+    checkpoint = restarted.store.checkpoint(rollout_id)
+    assert checkpoint is not None and checkpoint.at > rows[0].at + 50
+    never = await held_canary(tmp_path / "never", 60)
+    assert restarted.status()["phase"] == never.status()["phase"] == "paused"
+    after, expected = restarted.status()["analysis"], never.status()["analysis"]
+    assert after["verdict"] == expected["verdict"]
+    assert after["canary_requests"] == expected["canary_requests"] > 2_000
+    for name, value in expected["figures"].items():
+        assert after["figures"][name] == (
+            pytest.approx(value, rel=1e-3) if isinstance(value, float) else value
+        ), name
+
+
+async def test_a_saved_analysis_for_other_settings_is_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge's settings changed while the controller was down: the saved state is
+    not theirs, so the judge starts from the evidence that is left, and judges on."""
+    monkeypatch.setattr(watch_module, "CHECKPOINT_EVERY", 5.0)
+    world = await held_canary(tmp_path, 30, restart_with="{alpha: 0.02}")
+    analysis = world.status()["analysis"]
+    assert analysis["verdict"] in ("continue", "pass")
+    assert analysis["canary_requests"] > 2_000  # the counts before the restart too
+    assert analysis["figures"]["canary_requests"] == analysis["canary_requests"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from canarist.domain.plan import Pause, Promote, Scale, SetWeight
 from canarist.domain.rollout import Rollout
-from canarist.store.records import InstanceRecord, ObservationRow, ServiceState
+from canarist.store.records import Checkpoint, InstanceRecord, ObservationRow, ServiceState
 from canarist.store.sqlite import MIGRATIONS, SQLiteStore
 
 
@@ -98,11 +98,34 @@ def test_evidence_of_rollouts_ended_long_ago_is_forgotten(tmp_path: Path) -> Non
     store.save_rollout(replace(old, phase="promoted", ended_at=10.0))
     running = _rollout(store)
     store.add_observation(running.id, ObservationRow(20.0, 5, 0, 50, 0))
+    store.save_checkpoint(old.id, Checkpoint(1.0, "key", b"state"))
+    store.save_checkpoint(running.id, Checkpoint(20.0, "key", b"state"))
     store.forget_observations(before=5.0)
     assert len(store.observations(old.id)) == 1  # ended after the cut: kept
+    assert store.checkpoint(old.id) is not None
     store.forget_observations(before=100.0)
     assert store.observations(old.id) == []
+    assert store.checkpoint(old.id) is None
     assert len(store.observations(running.id)) == 1
+    assert store.checkpoint(running.id) is not None
+
+
+def test_a_saved_analysis_replaces_the_evidence_it_holds(tmp_path: Path) -> None:
+    """Saving the judge's state at t drops every row before t but the first (when the
+    analysis began); the row at t and those after stay, and the latest state wins."""
+    store = SQLiteStore(tmp_path / "state.db")
+    rollout = _rollout(store)
+    for k in range(10):
+        store.add_observation(rollout.id, ObservationRow(float(k), k, 0, 9 * k, 0))
+    store.save_checkpoint(rollout.id, Checkpoint(4.0, "key", b"first"))
+    assert [row.at for row in store.observations(rollout.id)] == [0.0, 4.0, 5, 6, 7, 8, 9]
+    store.save_checkpoint(rollout.id, Checkpoint(8.0, "key", b"second"))
+    assert [row.at for row in store.observations(rollout.id)] == [0.0, 8.0, 9.0]
+    assert store.checkpoint(rollout.id) == Checkpoint(8.0, "key", b"second")
+    store.add_observation(rollout.id, ObservationRow(10.0, 10, 0, 90, 0))
+    again = SQLiteStore(tmp_path / "state.db")
+    assert [row.at for row in again.observations(rollout.id)] == [0.0, 8.0, 9.0, 10.0]
+    assert again.checkpoint(_rollout(again).id) is None
 
 
 def test_evidence_stored_before_latencies_were_kept_still_reads(tmp_path: Path) -> None:

@@ -383,7 +383,9 @@ class Engine:
             evidence = self.store.observations(rollout.id)
             if evidence:
                 # A restarted controller: the judge replays what was recorded and goes on.
-                watch = runtime.watch = Watch.resume(svc.analysis, rollout.id, evidence)
+                watch = runtime.watch = Watch.resume(
+                    svc.analysis, rollout.id, evidence, self.store.checkpoint(rollout.id)
+                )
                 watch.recorded = watch.verdict.outcome if watch.verdict else None
             else:
                 watch = runtime.watch = Watch.begin(svc.analysis, rollout.id, now)
@@ -415,6 +417,9 @@ class Engine:
             row = watch.to_persist()
             if row is not None:
                 self.store.add_observation(rollout.id, row)
+                checkpoint = watch.checkpoint(row)
+                if checkpoint is not None:
+                    self.store.save_checkpoint(rollout.id, checkpoint)
         verdict = watch.verdict
         if verdict is not None and verdict.outcome != watch.recorded:
             watch.recorded = verdict.outcome

@@ -12,23 +12,36 @@ counts, and a bounded uniform sample of the latencies logged since the previous 
 restarted controller replays it through the judge, which is pure, and counts on; so a
 crash costs at most the last quarter second of evidence, and a thinned latency sample
 (thinning picks samples without looking at them, so the tests stay valid).
+
+Replaying costs seconds per hour of evidence, and a rollout held at a manual gate may be
+judged for days; so every CHECKPOINT_EVERY seconds of evidence the judge's state itself
+is saved (`canarist.judges.state`) and the rows it holds are dropped. A restart takes the
+saved state up and replays only the rows after it; a saved state it cannot use (another
+judge, other settings, another canarist version) is set aside, and the judge is fed the
+rows that are left: the first, the one the state was saved at, and those after it.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from canarist.domain.spec import AnalysisSpec
 from canarist.judges import Analysis, Observation, Sample, Verdict, make_judge
+from canarist.judges import state as saved
 from canarist.metrics.base import ReleaseWindow
-from canarist.store.records import ObservationRow
+from canarist.store.records import Checkpoint, ObservationRow
+
+log = logging.getLogger("canarist.controller")
 
 NOTHING = ObservationRow(0.0, 0, 0, 0, 0)
 # Latencies kept per release and stored row: at four rows a second, 1,024 samples a
 # second per release, a few MB for a ten-minute analysis at any request rate.
 STORED_LATENCIES = 256
+# Seconds of evidence between two saves of the judge's state.
+CHECKPOINT_EVERY = 300.0
 
 
 @dataclass
@@ -62,19 +75,44 @@ class Watch:
     _requested_seen: tuple[int, int] = (0, 0)
     _left_out: tuple[int, int] = (0, 0)
     _stored_outcome: str | None = None  # the verdict when the latest row was stored
+    state_key: str = ""  # what a saved state of this analysis is valid for
+    checkpointed_at: float = 0.0  # when the judge's state was last saved (or the start)
 
     @classmethod
     def begin(cls, spec: AnalysisSpec, rollout_id: int, now: float) -> Watch:
         """A fresh watch with a fresh analysis from the spec's judge."""
         analysis = None if spec.judge == "none" else make_judge(spec.judge, spec.settings).begin()
-        return cls(rollout_id=rollout_id, started=now, judge=spec.judge, analysis=analysis)
+        watch = cls(rollout_id=rollout_id, started=now, judge=spec.judge, analysis=analysis)
+        watch.state_key = saved.state_key(spec.judge, spec.settings)
+        watch.checkpointed_at = now
+        return watch
 
     @classmethod
-    def resume(cls, spec: AnalysisSpec, rollout_id: int, evidence: list[ObservationRow]) -> Watch:
+    def resume(
+        cls,
+        spec: AnalysisSpec,
+        rollout_id: int,
+        evidence: list[ObservationRow],
+        checkpoint: Checkpoint | None = None,
+    ) -> Watch:
         """A watch that replays a rollout's recorded evidence (a restarted controller): the
-        judge is pure, so the same observations give it the same state."""
+        judge is pure, so the same observations give it the same state. From the saved
+        state at `checkpoint`, if it is usable, only the evidence after it is replayed."""
         watch = cls.begin(spec, rollout_id, evidence[0].at)
-        for row in evidence[1:]:
+        rows = evidence[1:]
+        if checkpoint is not None and watch.analysis is not None:
+            try:
+                if checkpoint.key != watch.state_key:
+                    raise saved.StateError("saved for another judge, settings or version")
+                watch.analysis, watch.verdict = saved.load(checkpoint.state)
+            except saved.StateError as exc:
+                log.warning("rollout %d: not taking up the saved analysis: %s", rollout_id, exc)
+            else:
+                rows = [row for row in rows if row.at > checkpoint.at]
+                watch.checkpointed_at = checkpoint.at
+        last = evidence[-1]
+        watch.canary_requests, watch.canary_failures = last.canary_requests, last.canary_failures
+        for row in rows:
             watch._judge(row, row.canary_ms, row.baseline_ms)
         watch.offset = watch.persisted = evidence[-1]._replace(
             canary_ms=(),
@@ -177,6 +215,14 @@ class Watch:
         return self.last._replace(
             canary_ms=canary, baseline_ms=baseline, baseline_recent_ms=recent_ms
         )
+
+    def checkpoint(self, row: ObservationRow) -> Checkpoint | None:
+        """The judge's state as of `row`, the row just stored, once CHECKPOINT_EVERY
+        seconds of evidence have come since the last save; None before, or with no judge."""
+        if self.analysis is None or row.at - self.checkpointed_at < CHECKPOINT_EVERY:
+            return None
+        self.checkpointed_at = row.at
+        return Checkpoint(row.at, self.state_key, saved.save(self.analysis, self.verdict))
 
     def rollback_reason(self, spec: AnalysisSpec) -> str | None:
         """Why the canary must go, or None while nothing says so."""

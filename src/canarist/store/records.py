@@ -79,3 +79,12 @@ class ObservationRow(NamedTuple):
             self.baseline_requests,
             self.baseline_failures,
         )
+
+
+class Checkpoint(NamedTuple):
+    """A rollout's analysis as saved at `at`: the judge's state (`state`, bytes), valid for
+    the judge and settings `key` names; the evidence up to `at` is in it."""
+
+    at: float
+    key: str
+    state: bytes

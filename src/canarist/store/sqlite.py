@@ -18,6 +18,7 @@ from canarist.domain.rollout import Phase, Rollout
 from canarist.errors import CanaristError
 from canarist.store.records import (
     LIVE_STATES,
+    Checkpoint,
     Event,
     InstanceRecord,
     InstanceState,
@@ -77,6 +78,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE observations ADD COLUMN recent_requests INTEGER;
     ALTER TABLE observations ADD COLUMN recent_failures INTEGER;
     ALTER TABLE observations ADD COLUMN recent_ms BLOB NOT NULL DEFAULT x''
+    """,
+    # 4: the judge's state saved every few minutes, so a restart replays only what came
+    # after it (the evidence before it, bar the first row, is dropped).
+    """
+    CREATE TABLE checkpoints (
+        rollout_id INTEGER PRIMARY KEY, at REAL NOT NULL, key TEXT NOT NULL,
+        state BLOB NOT NULL
+    );
     """,
 )
 
@@ -327,14 +336,35 @@ class SQLiteStore:
             for row in rows
         ]
 
-    def forget_observations(self, before: float) -> None:
-        """Drop the evidence of rollouts that ended before `before` (their verdicts, with
-        the figures behind them, stay in the audit log)."""
+    def save_checkpoint(self, rollout_id: int, checkpoint: Checkpoint) -> None:
+        """Keep the rollout's analysis as of `checkpoint.at` (in place of any earlier one)
+        and drop the evidence it holds: every row before it but the first, which says when
+        the analysis began. Saved first, dropped after: a crash between the two leaves
+        rows that a restart skips."""
+        c = checkpoint
         self._db.execute(
-            "DELETE FROM observations WHERE rollout_id IN"
-            " (SELECT id FROM rollouts WHERE ended_at IS NOT NULL AND ended_at < ?)",
-            (before,),
+            "INSERT OR REPLACE INTO checkpoints (rollout_id, at, key, state) VALUES (?, ?, ?, ?)",
+            (rollout_id, c.at, c.key, c.state),
         )
+        self._db.execute(
+            "DELETE FROM observations WHERE rollout_id = ? AND at < ?"
+            " AND seq > (SELECT MIN(seq) FROM observations WHERE rollout_id = ?)",
+            (rollout_id, c.at, rollout_id),
+        )
+
+    def checkpoint(self, rollout_id: int) -> Checkpoint | None:
+        """The rollout's latest saved analysis, if any."""
+        row = self._db.execute(
+            "SELECT at, key, state FROM checkpoints WHERE rollout_id = ?", (rollout_id,)
+        ).fetchone()
+        return None if row is None else Checkpoint(row["at"], row["key"], bytes(row["state"]))
+
+    def forget_observations(self, before: float) -> None:
+        """Drop the evidence (and saved analyses) of rollouts that ended before `before`
+        (their verdicts, with the figures behind them, stay in the audit log)."""
+        ended = "(SELECT id FROM rollouts WHERE ended_at IS NOT NULL AND ended_at < ?)"
+        self._db.execute(f"DELETE FROM observations WHERE rollout_id IN {ended}", (before,))
+        self._db.execute(f"DELETE FROM checkpoints WHERE rollout_id IN {ended}", (before,))
 
     # -- audit log ----------------------------------------------------------------------
 
