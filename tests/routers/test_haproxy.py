@@ -271,6 +271,44 @@ async def test_new_router_adopts_running_haproxy(
     assert counts["A"].requests + counts["B"].requests == 10
 
 
+async def test_a_new_router_counts_on_from_the_books_of_the_one_before(
+    router: HAProxyRouter, backends: StartBackends, state_dir: Path
+) -> None:
+    """A restarted controller that adopts the same HAProxy counts on from what the one
+    before it counted, the requests served while no controller ran included, also for a
+    release whose slot changed hands before; one that finds another HAProxy process (or
+    no books) counts from the adoption and says so."""
+    a1, b1, c1 = backends("a1", "b1", "c1")
+    route = service(slots=3)
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    await hit(route, 20)
+    await hit(route, 10, path="/fail")
+    await router.apply(route.name, RouteTable((a1.member("A"), c1.member("C")), {"A": 50, "C": 50}))
+    await hit(route, 10)
+    before = await router.counters(route.name)
+    await hit(route, 20)  # while no controller runs
+
+    again = HAProxyRouter(state_dir)
+    await again.ensure([route])
+    after = await again.counters(route.name)
+    assert again.counts_continued
+    assert after["B"] == before["B"]  # its slot was given away: its count is banked
+    assert after["A"].requests + after["C"].requests == (
+        before["A"].requests + before["C"].requests + 20
+    )
+    assert after["A"].errors_5xx == before["A"].errors_5xx == 5
+
+    (state_dir / "counts.json").unlink()
+    third = HAProxyRouter(state_dir)
+    await third.ensure([route])
+    assert not third.counts_continued
+    assert {r: c.requests for r, c in (await third.counters(route.name)).items()} == {
+        "A": 0,
+        "C": 0,
+    }
+
+
 async def test_apply_moves_only_what_changed(
     router: HAProxyRouter, backends: StartBackends, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -529,6 +529,9 @@ class HAProxyRouter:
         # service -> slot -> per mille of the requests it answers that are logged
         self._log_shares: dict[str, dict[int, int]] = self._load_log_shares()
         self._routes_path = self.state_dir / "routes.json"
+        # The books of `counters`, for the HAProxy process they were kept for: a restarted
+        # controller that adopts the same process counts on from them.
+        self._counts_path = self.state_dir / "counts.json"
         self._haproxy_bin = haproxy_bin
         self._log_target = log_target
         self._start_timeout = start_timeout
@@ -541,6 +544,9 @@ class HAProxyRouter:
         self._retired: list[subprocess.Popen[bytes]] = []
         self._occupants: dict[str, dict[int, _Occupant]] = {}
         self._carry: dict[str, dict[str, _Count]] = {}
+        # Whether `counters` goes on from the figures of the controller before this one
+        # (it adopted the HAProxy process whose books that controller left).
+        self.counts_continued = False
 
     @property
     def pid(self) -> int | None:
@@ -566,6 +572,7 @@ class HAProxyRouter:
                 self._fold_counts()
                 await self._start(previous=None)
                 self._shape_path.write_text(shape + "\n")
+                self._save_counts()
                 return
             adopted = running != self._pid
             if adopted:
@@ -589,6 +596,7 @@ class HAProxyRouter:
                     await self._write_validated(text)
                 if adopted:
                     await self._push_log_shares()
+            self._save_counts()
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge one service's slots to `table` through the Runtime API, no reload."""
@@ -661,7 +669,9 @@ class HAProxyRouter:
         )
 
     async def counters(self, service: str) -> dict[str, ReleaseCounters]:
-        """Request outcomes per release since this router started routing to it.
+        """Request outcomes per release since this router started routing to it, or the
+        controller before it, if this one adopted the same HAProxy process
+        (`counts_continued`).
 
         `requests` counts attempts routed to the release's servers (both backends);
         `connection_errors` includes attempts HAProxy retried or redispatched elsewhere
@@ -973,6 +983,7 @@ class HAProxyRouter:
                 occupants[k] = _Occupant(wanted[k].instance_id, wanted[k].release, now, now)
                 if old is None or old.release != wanted[k].release:
                     moved.append(k)
+        self._save_counts()
         return moved
 
     def _reset_log_shares(self, service: str, slots: Sequence[int]) -> list[str]:
@@ -985,16 +996,29 @@ class HAProxyRouter:
         return self._take_log_shares(service, reset)
 
     async def _adopt_counts(self) -> None:
-        """Count from now on for a HAProxy whose earlier counters we never saw."""
+        """Count on from the books a controller before this one left for the same HAProxy
+        process; for one whose earlier counters no book covers, count from now on."""
         self._occupants.clear()
         self._carry.clear()
+        books = self._load_counts()
+        self.counts_continued = books is not None
+        carry, kept = books or ({}, {})
         for service, routing in self._routing.items():
             live = await self._slot_counts(service)
             releases = {m.instance_id: m.release for m in routing.table.members}
-            self._occupants[service] = {
-                k: _Occupant(i, releases[i], live.get(k, _Count()), live.get(k, _Count()))
-                for i, k in routing.assignment.items()
-            }
+            occupants: dict[int, _Occupant] = {}
+            for i, k in routing.assignment.items():
+                now = live.get(k, _Count())
+                old = kept.get(service, {}).get(k)
+                same = old is not None and (old.instance_id, old.release) == (i, releases[i])
+                if old is not None and same and not now.below(old.baseline):
+                    occupants[k] = replace(old, last_seen=now)
+                    continue
+                self.counts_continued = False  # a slot whose book does not hold
+                occupants[k] = _Occupant(i, releases[i], now, now)
+            self._occupants[service] = occupants
+            if service in carry:
+                self._carry[service] = carry[service]
 
     async def _snapshot_counts(self) -> None:
         for service in self._routing:
@@ -1017,6 +1041,50 @@ class HAProxyRouter:
                     occupants[k] = _Occupant(i, releases[i], _Count(), _Count())
 
     # -- persistence ---------------------------------------------------------------------
+
+    def _save_counts(self) -> None:
+        data = {
+            "pid": self._pid,
+            "services": {
+                name: {
+                    "carry": {r: _fields(c) for r, c in self._carry.get(name, {}).items()},
+                    "occupants": [
+                        [k, o.instance_id, o.release, _fields(o.baseline)]
+                        for k, o in occupants.items()
+                    ],
+                }
+                for name, occupants in self._occupants.items()
+            },
+        }
+        _write_atomic(self._counts_path, json.dumps(data) + "\n")
+
+    def _load_counts(
+        self,
+    ) -> tuple[dict[str, dict[str, _Count]], dict[str, dict[int, _Occupant]]] | None:
+        """The books saved for the HAProxy process now adopted: (carry, occupants) per
+        service; None when there are none, or they were kept for another process."""
+        try:
+            data: Any = json.loads(self._counts_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._counts_path, exc)
+            return None
+        if not isinstance(data, dict) or data.get("pid") != self._pid:
+            return None
+        carry: dict[str, dict[str, _Count]] = {}
+        occupants: dict[str, dict[int, _Occupant]] = {}
+        try:
+            for name, books in data["services"].items():
+                carry[name] = {r: _Count(*c) for r, c in books["carry"].items()}
+                occupants[name] = {
+                    int(k): _Occupant(str(i), str(r), _Count(*c), _Count(*c))
+                    for k, i, r, c in books["occupants"]
+                }
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring malformed %s: %s", self._counts_path, exc)
+            return None
+        return carry, occupants
 
     def _save_routes(self) -> None:
         data = {
