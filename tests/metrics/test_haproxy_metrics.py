@@ -597,6 +597,56 @@ async def test_counts_survive_haproxy_restart_and_reload(
 
 @needs_haproxy
 @pytest.mark.haproxy
+async def test_a_restarted_controller_takes_up_the_window_with_what_came_meanwhile(
+    router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend, state_dir: Path
+) -> None:
+    """The controller stops (its router and provider with it) while HAProxy serves on; the
+    next one adopts the same HAProxy and takes up the window: its counts are those since
+    the window began, the requests served with no controller running included. When the
+    router cannot count on (its books are gone), the window starts afresh and says so."""
+    a1, b1 = backend("a1"), backend("b1", fail_every=4)
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    await send(route, 20)  # before the window
+    await metrics.reset(route.name)
+    seen = await send(route, 40)
+    await metrics.stop()  # the controller is gone; HAProxy serves on
+    seen += await send(route, 40)
+
+    again = HAProxyRouter(state_dir, log_target=log_target(state_dir))
+    await again.ensure([route])
+    taken_up = HAProxyMetrics(again, seed=2)
+    await taken_up.start()
+    try:
+        assert await taken_up.resume(route.name)
+        seen += await send(route, 20)
+        await taken_up.poll()
+        assert counts(await taken_up.snapshot(route.name)) == {
+            "A": (answered(seen, "a1"), 0),
+            "B": (answered(seen, "b1"), seen[("b1", 500)]),
+        }
+        assert sum(seen.values()) == 100
+    finally:
+        await taken_up.stop()
+
+    (state_dir / "counts.json").unlink()
+    third = HAProxyRouter(state_dir, log_target=log_target(state_dir))
+    await third.ensure([route])
+    fresh = HAProxyMetrics(third, seed=3)
+    await fresh.start()
+    try:
+        assert not await fresh.resume(route.name)
+        later = await send(route, 10)
+        await fresh.poll()
+        windows = counts(await fresh.snapshot(route.name))
+        assert windows["A"][0] + windows["B"][0] == sum(later.values()) == 10
+    finally:
+        await fresh.stop()
+
+
+@needs_haproxy
+@pytest.mark.haproxy
 async def test_under_heavy_traffic_haproxy_logs_a_share_and_counts_stay_exact(
     router: HAProxyRouter, backend: StartBackend
 ) -> None:

@@ -82,6 +82,18 @@ class KeepsHistory(Protocol):
 
 
 @runtime_checkable
+class ResumesWindows(Protocol):
+    """A provider whose windows outlive the controller: a restarted controller takes up
+    the window its predecessor started, so the counts include what was served while no
+    controller ran."""
+
+    async def resume(self, service: str) -> bool:
+        """Take up the window last started for the service, counting on from then; when
+        that cannot be done (the data plane counted afresh since), start a new one, as
+        `reset` does, and say False."""
+
+
+@runtime_checkable
 class BindsTargets(Protocol):
     """A provider that must be told what each release is on the provider (CloudWatch)."""
 

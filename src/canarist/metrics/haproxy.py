@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -85,11 +86,17 @@ from pathlib import Path
 from canarist.errors import DriverError, RouterError
 from canarist.metrics.base import RECENT_LATENCIES, ReleaseWindow
 from canarist.routers.base import ReleaseCounters
-from canarist.routers.haproxy import HAProxyRouter, backend_name, canary_backend_name
+from canarist.routers.haproxy import (
+    HAProxyRouter,
+    backend_name,
+    canary_backend_name,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 LOG_SOCKET = "logs.sock"
+WINDOWS_FILE = "metrics-windows.json"
 # The kernel's sun_path holds 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
 # HAProxy's longest log line is 1024 bytes unless told otherwise ("len").
@@ -318,6 +325,8 @@ class HAProxyMetrics:
     ) -> None:
         self.router = router
         self.socket_path = router.state_dir / LOG_SOCKET
+        # Where each service's window started, in the router's figures (`resume`).
+        self._windows_path = router.state_dir / WINDOWS_FILE
         self.interval = interval
         self.reservoir_size = reservoir_size
         self.log_lines = log_lines
@@ -379,12 +388,59 @@ class HAProxyMetrics:
 
     async def reset(self, service: str) -> None:
         """Start the service's window now: the counters are read first (if HAProxy does
-        not answer, the window starts at the last read), latencies logged so far dropped."""
+        not answer, the window starts at the last read), latencies logged so far dropped.
+        Where it starts, in the router's figures, is saved for a controller after this one
+        (`resume`)."""
         with contextlib.suppress(RouterError):
             await self.poll()
         books = self._services.setdefault(service, _Service())
         books.base = dict(books.totals)
         books.latency.clear()
+        starts = self._load_window_starts()
+        starts[service] = dict(books.seen)
+        saved = {name: {r: astuple(t) for r, t in st.items()} for name, st in starts.items()}
+        write_atomic(self._windows_path, json.dumps(saved) + "\n")
+
+    async def resume(self, service: str) -> bool:
+        """Take up the window a controller before this one started for the service (see
+        `reset`), so that its counts include what was served while no controller ran:
+        possible when the router counts on from that controller's figures (it adopted the
+        same HAProxy process, `HAProxyRouter.counts_continued`). Otherwise start a new
+        window, as `reset`, and say False. Latencies logged meanwhile are not had."""
+        with contextlib.suppress(RouterError):
+            await self.poll()
+        start = self._load_window_starts().get(service)
+        books = self._services.setdefault(service, _Service())
+        seen = books.seen
+        if (
+            start is None
+            or not self.router.counts_continued
+            or not seen
+            or any(seen.get(r, Tally()).below(t) for r, t in start.items())
+        ):
+            await self.reset(service)
+            return False
+        # The window's counts are the router's figures since its start; the totals (the
+        # provider's own) differ from those figures by what fell before, if anything.
+        books.base = {
+            r: books.totals.get(r, Tally()) - (seen.get(r, Tally()) - start.get(r, Tally()))
+            for r in seen
+        }
+        books.latency.clear()
+        return True
+
+    def _load_window_starts(self) -> dict[str, dict[str, Tally]]:
+        try:
+            data = json.loads(self._windows_path.read_text())
+            return {
+                name: {r: Tally(*map(int, t)) for r, t in start.items()}
+                for name, start in data.items()
+            }
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._windows_path, exc)
+            return {}
 
     async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
         """The release's requests and failures over the last `seconds` as of the last read

@@ -587,7 +587,7 @@ class HAProxyRouter:
                     await self._start(previous=running)
                 except RouterError:
                     if previous is not None:
-                        _write_atomic(self.config_path, previous)
+                        write_atomic(self.config_path, previous)
                     raise
                 self._fold_counts()
                 self._shape_path.write_text(shape + "\n")
@@ -612,7 +612,7 @@ class HAProxyRouter:
             # Persist the desired state first: a HAProxy that dies from here on restarts in it.
             self._routing[service] = _Routing(table, assignment)
             self._save_routes()
-            _write_atomic(self.config_path, self._render())
+            write_atomic(self.config_path, self._render())
             moved = await self._reassign_counts(service, table, assignment)
             # A new release's first requests are logged in full, before any weight is set.
             commands = self._reset_log_shares(service, moved) + commands
@@ -921,7 +921,7 @@ class HAProxyRouter:
         shares = self.log_shares(service)
         text = "".join(f"{slot_name(k)} {shares[k]}\n" for k in sorted(shares))
         self.log_shares_dir.mkdir(exist_ok=True)
-        _write_atomic(self._log_share_map(service), text)
+        write_atomic(self._log_share_map(service), text)
 
     # -- live state ----------------------------------------------------------------------
 
@@ -1056,7 +1056,7 @@ class HAProxyRouter:
                 for name, occupants in self._occupants.items()
             },
         }
-        _write_atomic(self._counts_path, json.dumps(data) + "\n")
+        write_atomic(self._counts_path, json.dumps(data) + "\n")
 
     def _load_counts(
         self,
@@ -1097,7 +1097,7 @@ class HAProxyRouter:
             }
             for name, r in self._routing.items()
         }
-        _write_atomic(self._routes_path, json.dumps({"services": data}, indent=1) + "\n")
+        write_atomic(self._routes_path, json.dumps({"services": data}, indent=1) + "\n")
 
     def _load_log_shares(self) -> dict[str, dict[int, int]]:
         """The log shares last set, from their map files (another controller's too)."""
@@ -1196,7 +1196,9 @@ def _check_new_listeners(running: str, wanted: str) -> None:
             raise RouterError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace the file at `path` with `text` at once (written beside it, renamed over it):
+    a reader, or a crash, never meets half of it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
