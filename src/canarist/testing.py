@@ -171,6 +171,9 @@ class FakeMetrics:
         self.added: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self.recent_adds = 0  # how many of the latest adds `recent` covers; 0: all of them
         self.latency_log: dict[tuple[str, str], list[float]] = {}  # every latency added
+        # Whether `resume` takes a window up (as HAProxy's provider does for a restarted
+        # controller that adopts the same HAProxy) or starts a new one.
+        self.windows_outlive_restarts = False
 
     def add(
         self,
@@ -231,3 +234,10 @@ class FakeMetrics:
         self.resets.append(service)
         self.counts.pop(service, None)
         self.latencies.pop(service, None)
+
+    async def resume(self, service: str) -> bool:
+        """The window goes on, when `windows_outlive_restarts` is set; a new one else."""
+        if self.windows_outlive_restarts:
+            return True
+        await self.reset(service)
+        return False

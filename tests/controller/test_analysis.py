@@ -274,6 +274,58 @@ async def test_evidence_from_before_a_restart_counts_toward_a_rollback(tmp_path:
     assert ended["detail"]["analysis"]["canary_requests"] == before + since_restart
 
 
+@pytest.mark.parametrize("outlives", [True, False])
+async def test_what_a_canary_served_while_no_controller_ran_is_counted(
+    tmp_path: Path, outlives: bool
+) -> None:
+    """The controller is down while the canary fails 5 of 100 requests; the next one
+    takes the metrics window up (the data plane counted on) and counts them, so the
+    budget of 5 failed requests rolls it back at once. Where the window cannot be taken
+    up, those requests are lost to the analysis, as before."""
+    world = world_with(tmp_path, judge="none", extra="      max_failed_requests: 5\n")
+    world.metrics.windows_outlive_restarts = outlives
+    await start_canary(world)
+    world.metrics.add("web", world.v2, 100, 2)
+    world.metrics.add("web", world.v1, 400, 2)
+    await world.settle(2, step=0.25)
+    before = world.status()["analysis"]
+    assert (before["canary_requests"], before["canary_failures"]) == (100, 2)
+    world.metrics.add("web", world.v2, 100, 3)  # while no controller runs
+    world.metrics.add("web", world.v1, 400, 2)
+    world.engine = world.new_engine()
+    await world.settle(2, step=0.25)
+    history = world.engine.history("web")[0]
+    if outlives:
+        assert history["phase"] == "rolled_back", history
+        assert "served 5 failed requests (budget 5) of 200" in history["reason"]
+    else:
+        assert history["phase"] == "progressing"
+        assert world.status()["analysis"]["canary_requests"] == 100
+
+
+async def test_a_taken_up_window_counts_on_across_restarts_and_left_out_requests(
+    tmp_path: Path,
+) -> None:
+    """Two restarts, each taking the window up, with testers' requests (the canary
+    header, left out of the comparison while the split is random) before and between:
+    the judged counts are all the split's requests, each counted once."""
+    world = world_with(tmp_path)
+    world.metrics.windows_outlive_restarts = True
+    await start_canary(world)
+    for _ in range(3):
+        world.metrics.add("web", world.v2, 40, 0)
+        world.metrics.add("web", world.v2, 7, 1, requested=True)
+        world.metrics.add("web", world.v1, 160, 1)
+        await world.settle(2, step=0.25)
+        world.metrics.add("web", world.v2, 20, 0)  # while no controller runs
+        world.metrics.add("web", world.v1, 80, 0)
+        world.engine = world.new_engine()
+        await world.settle(2, step=0.25)
+    analysis = world.status()["analysis"]
+    assert (analysis["canary_requests"], analysis["canary_failures"]) == (180, 0)
+    assert analysis["figures"]["baseline_requests"] == 720
+
+
 BLUE_GREEN = """
 services:
   web:

@@ -264,6 +264,48 @@ def test_crashes_of_haproxy_and_the_controller_do_not_fool_the_judge(
     assert cli.status()["stable"] == ref
 
 
+def test_what_the_canary_served_while_the_controller_was_down_is_judged(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """The controller SIGKILLed mid-canary while HAProxy serves on, and started again
+    seconds later: it adopts the same HAProxy, takes up the metrics window, and the
+    analysis counts the canary's requests of those seconds, not only those after."""
+    cli, _ = project
+    app = write_app(cli.root / "good-too", version="7", error_rate=0.005, delay_ms=0.0)
+    ref = cli("build", str(app)).stdout.strip().splitlines()[-1]
+    with Load(cli.url, rate=RATE, connections=12):
+        time.sleep(1.0)
+        rollout_id = json.loads(cli("deploy", "web", ref, "--json").stdout)["id"]
+        before = cli.wait_for(
+            lambda s: s["canary"] == ref and _judged_requests(s) >= 60, what="canary traffic"
+        )
+        controller = cli.controller_pid()
+        os.kill(controller, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: not Path(f"/proc/{controller}").exists(), "controller gone")
+        time.sleep(4.0)
+        cli("up")
+        up = time.monotonic()
+        after = cli.wait_for(
+            lambda s: _judged_requests(s) > _judged_requests(before), what="judging again"
+        )
+        seen = time.monotonic()
+        rollout = wait_until(lambda: _ended(cli, rollout_id), "rollout ended", timeout=120)
+    jump = _judged_requests(after) - _judged_requests(before)
+    canary_rate = RATE * WEIGHT
+    print(
+        f"controller down {up - killed:.1f}s: canary requests judged {_judged_requests(before)}"
+        f" before, {_judged_requests(after)} {seen - up:.1f}s after it came back"
+    )
+    assert jump >= 0.5 * canary_rate * (up - killed)  # the seconds without a controller
+    assert jump > 2 * canary_rate * (seen - up) + 10  # far more than came after
+    assert rollout["phase"] == "promoted", rollout["reason"]
+
+
+def _judged_requests(status: dict[str, Any]) -> int:
+    return int((status.get("analysis") or {}).get("canary_requests") or 0)
+
+
 def test_a_controller_killed_right_after_a_blue_green_rollback_still_says_whose_fault(
     project: tuple[Canarist, dict[str, str]],
 ) -> None:

@@ -71,13 +71,15 @@ def _rollout(store: SQLiteStore) -> Rollout:
 
 
 def test_observations_round_trip_with_their_latencies(tmp_path: Path) -> None:
-    """Counts, latency samples (float32: ~7 digits), the canary's share and the baseline's
-    recent counts and latencies read back in order."""
+    """Counts, latency samples (float32: ~7 digits), the canary's share, the baseline's
+    recent counts and latencies, and the metrics window's counts read back in order."""
     store = SQLiteStore(tmp_path / "state.db")
     rollout = _rollout(store)
     store.add_observation(rollout.id, ObservationRow(1.0, 0, 0, 0, 0))
     store.add_observation(rollout.id, ObservationRow(1.25, 10, 1, 90, 0, (61.5, 70.25), (55.0,)))
-    alone = ObservationRow(1.5, 30, 1, 90, 0, (), (), 1.0, (60_000, 300), (60.5, 61.25))
+    alone = ObservationRow(
+        1.5, 30, 1, 90, 0, (), (), 1.0, (60_000, 300), (60.5, 61.25), (37, 2, 90, 0, 7, 1)
+    )
     store.add_observation(rollout.id, alone)
     store.close()
     rows = SQLiteStore(tmp_path / "state.db").observations(rollout.id)

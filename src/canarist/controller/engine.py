@@ -51,6 +51,7 @@ from canarist.metrics.base import (
     KeepsHistory,
     Metrics,
     ReleaseWindow,
+    ResumesWindows,
 )
 from canarist.platforms.base import GroupPlatform, Instance, Platform
 from canarist.routers.base import Member, Router, RouteTable, ServiceRoute
@@ -372,24 +373,38 @@ class Engine:
         if watch is None or watch.rollout_id != rollout.id:
             if rollout.previous is None:
                 return None  # nothing to compare with
+            evidence = self.store.observations(rollout.id)
             metrics = self._metrics(rollout.service)
+            continues = False
             if metrics is not None:
                 try:
-                    await metrics.reset(rollout.service)
+                    if (
+                        evidence
+                        and evidence[-1].window is not None
+                        and isinstance(metrics, ResumesWindows)
+                    ):
+                        # Take up the window the controller before this one counted in,
+                        # with what was served while none ran.
+                        continues = await metrics.resume(rollout.service)
+                    else:
+                        await metrics.reset(rollout.service)
                 except DriverError as exc:
                     log.warning("%s: metrics reset: %s", rollout.service, exc)
                     return None
             runtime.window = {}
-            evidence = self.store.observations(rollout.id)
             if evidence:
                 # A restarted controller: the judge replays what was recorded and goes on.
                 watch = runtime.watch = Watch.resume(
-                    svc.analysis, rollout.id, evidence, self.store.checkpoint(rollout.id)
+                    svc.analysis,
+                    rollout.id,
+                    evidence,
+                    self.store.checkpoint(rollout.id),
+                    window_continues=continues,
                 )
                 watch.recorded = watch.verdict.outcome if watch.verdict else None
             else:
                 watch = runtime.watch = Watch.begin(svc.analysis, rollout.id, now)
-                watch.last = watch.persisted = watch.last._replace(at=now)
+                watch.last = watch.persisted = watch.last._replace(at=now, window=(0,) * 6)
                 self.store.add_observation(rollout.id, watch.last)
                 self.store.record(
                     rollout.service, "analysis.started", {"judge": watch.judge}, rollout.id

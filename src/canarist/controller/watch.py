@@ -75,6 +75,9 @@ class Watch:
     _requested_seen: tuple[int, int] = (0, 0)
     _left_out: tuple[int, int] = (0, 0)
     _stored_outcome: str | None = None  # the verdict when the latest row was stored
+    # After a window was taken up: its counts at the last row, which a reading of it must
+    # reach before it is judged (None once one has).
+    _window_floor: tuple[int, ...] | None = None
     state_key: str = ""  # what a saved state of this analysis is valid for
     checkpointed_at: float = 0.0  # when the judge's state was last saved (or the start)
 
@@ -94,10 +97,17 @@ class Watch:
         rollout_id: int,
         evidence: list[ObservationRow],
         checkpoint: Checkpoint | None = None,
+        *,
+        window_continues: bool = False,
     ) -> Watch:
         """A watch that replays a rollout's recorded evidence (a restarted controller): the
         judge is pure, so the same observations give it the same state. From the saved
-        state at `checkpoint`, if it is usable, only the evidence after it is replayed."""
+        state at `checkpoint`, if it is usable, only the evidence after it is replayed.
+
+        `window_continues`: the metrics window goes on from the one behind the last row
+        (the provider took it up, `ResumesWindows`), so what was served while no
+        controller ran is counted, from that row's window counts; otherwise the window has
+        started afresh and the counts go on from the last row."""
         watch = cls.begin(spec, rollout_id, evidence[0].at)
         rows = evidence[1:]
         if checkpoint is not None and watch.analysis is not None:
@@ -114,7 +124,7 @@ class Watch:
         watch.canary_requests, watch.canary_failures = last.canary_requests, last.canary_failures
         for row in rows:
             watch._judge(row, row.canary_ms, row.baseline_ms)
-        watch.offset = watch.persisted = evidence[-1]._replace(
+        watch.offset = watch.persisted = last._replace(
             canary_ms=(),
             baseline_ms=(),
             canary_weight=None,
@@ -122,6 +132,18 @@ class Watch:
             baseline_recent_ms=(),
         )
         watch.last = watch.offset
+        if window_continues and last.window is not None:
+            # Judged counts are offset + window - left out: the same window goes on, so
+            # the offset is what the last row judged less what its window had counted.
+            w = last.window
+            watch.offset = NOTHING._replace(
+                canary_requests=last.canary_requests - w[0],
+                canary_failures=last.canary_failures - w[1],
+                baseline_requests=last.baseline_requests - w[2],
+                baseline_failures=last.baseline_failures - w[3],
+            )
+            watch._requested_seen = (w[4], w[5])
+            watch._window_floor = w
         return watch
 
     def judge_on_its_own(
@@ -150,6 +172,12 @@ class Watch:
         """Judge the latest counts; returns the verdict (None without a judge).
         `canary_weight`: the canary's share of traffic the router has, if known."""
         c, b = _sample(canary), _sample(baseline)
+        if self._window_floor is not None:
+            requested = (canary.requested, canary.requested_failures) if canary else (0, 0)
+            now_seen = (c.requests, c.failures, b.requests, b.failures, *requested)
+            if any(n < f for n, f in zip(now_seen, self._window_floor, strict=True)):
+                return self.verdict  # the window taken up has not been read yet
+            self._window_floor = None
         self._leave_out_requested(canary, canary_weight)
         o, left_out = self.offset, self._left_out
         row = ObservationRow(
@@ -161,6 +189,7 @@ class Watch:
             canary_weight=canary_weight,
             baseline_recent=self.baseline_recent,
             baseline_recent_ms=self.baseline_recent_ms,
+            window=(c.requests, c.failures, b.requests, b.failures, *self._requested_seen),
         )
         self.unstored[0].extend(c.latencies_ms)
         self.unstored[1].extend(b.latencies_ms)

@@ -87,6 +87,11 @@ MIGRATIONS: tuple[str, ...] = (
         state BLOB NOT NULL
     );
     """,
+    # 5: the metrics window's counts behind each observation, so a restarted controller
+    # that takes the window up again counts on from them.
+    """
+    ALTER TABLE observations ADD COLUMN window_counts TEXT
+    """,
 )
 
 
@@ -98,6 +103,13 @@ def _unfloats(blob: bytes) -> tuple[float, ...]:
     values = array("f")
     values.frombytes(blob)
     return tuple(values)
+
+
+def _window_counts(text: str | None) -> tuple[int, int, int, int, int, int] | None:
+    if text is None:
+        return None
+    a, b, c, d, e, f = (int(v) for v in json.loads(text))
+    return a, b, c, d, e, f
 
 
 class StoreError(CanaristError):
@@ -293,9 +305,9 @@ class SQLiteStore:
         self._db.execute(
             "INSERT INTO observations (rollout_id, seq, at, canary_requests, canary_failures,"
             " baseline_requests, baseline_failures, canary_ms, baseline_ms, canary_weight,"
-            " recent_requests, recent_failures, recent_ms)"
+            " recent_requests, recent_failures, recent_ms, window_counts)"
             " VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM observations"
-            " WHERE rollout_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " WHERE rollout_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rollout_id,
                 rollout_id,
@@ -306,6 +318,7 @@ class SQLiteStore:
                 o.canary_weight,
                 *(o.baseline_recent or (None, None)),
                 _floats(o.baseline_recent_ms),
+                None if o.window is None else json.dumps(o.window),
             ),
         )
 
@@ -313,8 +326,8 @@ class SQLiteStore:
         """A rollout's analysis points, in order."""
         rows = self._db.execute(
             "SELECT at, canary_requests, canary_failures, baseline_requests, baseline_failures,"
-            " canary_ms, baseline_ms, canary_weight, recent_requests, recent_failures, recent_ms"
-            " FROM observations WHERE rollout_id = ?"
+            " canary_ms, baseline_ms, canary_weight, recent_requests, recent_failures, recent_ms,"
+            " window_counts FROM observations WHERE rollout_id = ?"
             " ORDER BY seq",
             (rollout_id,),
         ).fetchall()
@@ -332,6 +345,7 @@ class SQLiteStore:
                 if row["recent_requests"] is None
                 else (row["recent_requests"], row["recent_failures"]),
                 _unfloats(row["recent_ms"]),
+                _window_counts(row["window_counts"]),
             )
             for row in rows
         ]
