@@ -276,8 +276,9 @@ async def test_a_new_router_counts_on_from_the_books_of_the_one_before(
 ) -> None:
     """A restarted controller that adopts the same HAProxy counts on from what the one
     before it counted, the requests served while no controller ran included, also for a
-    release whose slot changed hands before; one that finds another HAProxy process (or
-    no books) counts from the adoption and says so."""
+    release whose slot changed hands before; one that finds no books for it (deleted
+    here, as for a HAProxy process the books were not kept for) counts from the adoption
+    and says so."""
     a1, b1, c1 = backends("a1", "b1", "c1")
     route = service(slots=3)
     await router.ensure([route])
