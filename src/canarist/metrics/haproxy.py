@@ -24,10 +24,11 @@ What is measured, and how:
   HAProxy 2.6 counts an attempt retried after a junk or empty answer in `eresp` and twice
   in `wretr`: such attempts count up to three times, which the cap at `requests` bounds.
   Otherwise the counts are exact, bar what a crashing HAProxy counted after the last
-  read. The router keeps its books on disk and where each service's window began is saved
-  too, so a restarted controller that adopts the same HAProxy process takes the window up
-  (`resume`) and counts what was served while no controller ran. Should the router's figures ever fall (it adopted a HAProxy whose past it never
+  read. Should the router's figures ever fall (it adopted a HAProxy whose past it never
   saw), the provider keeps its totals and counts on from the new figures: never back.
+  The router keeps its books on disk, and where each service's window began is saved
+  too, so a restarted controller that adopts the same HAProxy process takes the window up
+  (`resume`) and counts what was served while no controller ran.
 
   What went through the service's canary-header backend is also counted apart
   (`requested`, `requested_failures`): requests clients chose to send to the release,
