@@ -32,3 +32,40 @@ def test_evidence_is_stored_four_times_a_second_also_after_a_pass() -> None:
     assert watch.verdict is not None and watch.verdict.outcome == "pass"
     assert len(stored) <= 60 * 4 + 1
     assert len(stored) >= 60 * 3
+
+
+def test_a_window_taken_up_counts_on_and_never_goes_back() -> None:
+    """Resumed with the window taken up: counts go on from the last row plus what the
+    window counted since; no reading yet is not judged; a reading behind the window the
+    last row saw (it should not come) counts on from the last row, never back."""
+    spec = parse_spec(SPEC).service("web").analysis
+    first = Watch.begin(spec, 1, 0.0).last._replace(window=(0,) * 6)
+    last = first._replace(
+        at=10.0,
+        canary_requests=90,
+        canary_failures=1,
+        baseline_requests=900,
+        baseline_failures=4,
+        window=(100, 1, 900, 4, 10, 0),
+    )
+    watch = Watch.resume(spec, 1, [first, last], window_continues=True)
+    assert watch.observe(spec, 10.1, None, None, 0.1) is watch.verdict
+    assert watch.last.counts == (90, 1, 900, 4)  # nothing judged
+    watch.observe(
+        spec,
+        10.2,
+        ReleaseWindow(150, 3, (), 0, 10.2, 10, 0),
+        ReleaseWindow(1000, 4, (), 0, 10.2),
+        0.1,
+    )
+    assert watch.last.counts == (140, 3, 1000, 4)  # 50 and 2 more, from the window
+
+    behind = Watch.resume(spec, 1, [first, last], window_continues=True)
+    behind.observe(
+        spec, 10.2, ReleaseWindow(20, 0, (), 0, 10.2), ReleaseWindow(200, 0, (), 0, 10.2), 0.1
+    )
+    assert behind.last.counts == (90, 1, 900, 4)
+    behind.observe(
+        spec, 10.3, ReleaseWindow(30, 1, (), 0, 10.3), ReleaseWindow(300, 0, (), 0, 10.3), 0.1
+    )
+    assert behind.last.counts == (100, 2, 1000, 4)

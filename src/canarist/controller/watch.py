@@ -75,8 +75,8 @@ class Watch:
     _requested_seen: tuple[int, int] = (0, 0)
     _left_out: tuple[int, int] = (0, 0)
     _stored_outcome: str | None = None  # the verdict when the latest row was stored
-    # After a window was taken up: its counts at the last row, which a reading of it must
-    # reach before it is judged (None once one has).
+    # After a window was taken up: its counts at the last row, which the first reading of
+    # it is checked against (None once one has been).
     _window_floor: tuple[int, ...] | None = None
     state_key: str = ""  # what a saved state of this analysis is valid for
     checkpointed_at: float = 0.0  # when the judge's state was last saved (or the start)
@@ -173,10 +173,21 @@ class Watch:
         `canary_weight`: the canary's share of traffic the router has, if known."""
         c, b = _sample(canary), _sample(baseline)
         if self._window_floor is not None:
+            if canary is None and baseline is None:
+                return self.verdict  # the window taken up has not been read yet
             requested = (canary.requested, canary.requested_failures) if canary else (0, 0)
             now_seen = (c.requests, c.failures, b.requests, b.failures, *requested)
             if any(n < f for n, f in zip(now_seen, self._window_floor, strict=True)):
-                return self.verdict  # the window taken up has not been read yet
+                # Behind the window taken up (it should not be): count on from the last
+                # row, from this reading, rather than let the counts go back.
+                last = self.persisted or NOTHING
+                self.offset = NOTHING._replace(
+                    canary_requests=last.canary_requests - c.requests,
+                    canary_failures=last.canary_failures - c.failures,
+                    baseline_requests=last.baseline_requests - b.requests,
+                    baseline_failures=last.baseline_failures - b.failures,
+                )
+                self._requested_seen = requested
             self._window_floor = None
         self._leave_out_requested(canary, canary_weight)
         o, left_out = self.offset, self._left_out
