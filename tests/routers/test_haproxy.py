@@ -294,6 +294,9 @@ async def test_a_new_router_counts_on_from_the_books_of_the_one_before(
     await again.ensure([route])
     after = await again.counters(route.name)
     assert again.counts_continued
+    saved = (state_dir / "counts.json").stat().st_mtime_ns
+    await again.ensure([route])  # every controller tick: the books are not written again
+    assert (state_dir / "counts.json").stat().st_mtime_ns == saved
     assert after["B"] == before["B"]  # its slot was given away: its count is banked
     assert after["A"].requests + after["C"].requests == (
         before["A"].requests + before["C"].requests + 20

@@ -591,12 +591,13 @@ class HAProxyRouter:
                     raise
                 self._fold_counts()
                 self._shape_path.write_text(shape + "\n")
+                self._save_counts()  # a new process: its books
             else:
                 if not self.config_path.exists() or self.config_path.read_text() != text:
                     await self._write_validated(text)
                 if adopted:
                     await self._push_log_shares()
-            self._save_counts()
+                    self._save_counts()
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge one service's slots to `table` through the Runtime API, no reload."""
