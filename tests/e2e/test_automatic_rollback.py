@@ -302,6 +302,40 @@ def test_what_the_canary_served_while_the_controller_was_down_is_judged(
     assert rollout["phase"] == "promoted", rollout["reason"]
 
 
+def test_a_blue_green_right_after_a_controller_restart_is_held_to_the_minutes_before(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """The controller SIGKILLed and started again, then at once a failing release deployed
+    blue-green: it is judged against the old release's counts of the minutes before,
+    the ones before the restart included (saved by the metrics provider and taken up by
+    the next), not only the few seconds since."""
+    cli, refs = project
+    saved = cli.root / ".canarist" / "haproxy" / "metrics-history.json"
+    with Load(cli.url, rate=RATE, connections=12):
+        time.sleep(4.0)
+        since = time.time()
+        wait_until(  # the provider saves its history every 15 s
+            lambda: saved.exists() and saved.stat().st_mtime > since, "history saved"
+        )
+        controller = cli.controller_pid()
+        os.kill(controller, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{controller}").exists(), "controller gone")
+        cli("up")
+        up = time.monotonic()
+        deploy = cli("deploy", "web", refs["bad"], "--strategy", "blue-green", "--json")
+        rollout_id = json.loads(deploy.stdout)["id"]
+        rollout = wait_until(lambda: _ended(cli, rollout_id), "rollout ended", timeout=60)
+        ended = time.monotonic()
+    reference = _last_figures(rollout)["reference_requests"]
+    print(
+        f"blue-green right after a restart: {rollout['phase']} {ended - up:.1f}s after it;"
+        f" judged against {reference} requests of the old release"
+    )
+    assert rollout["phase"] == "rolled_back"
+    # More than it served since the restart: the 4 s or more before it came along.
+    assert reference > RATE * (ended - up) + 0.8 * RATE * 4
+
+
 def _judged_requests(status: dict[str, Any]) -> int:
     return int((status.get("analysis") or {}).get("canary_requests") or 0)
 

@@ -647,6 +647,63 @@ async def test_a_restarted_controller_takes_up_the_window_with_what_came_meanwhi
 
 @needs_haproxy
 @pytest.mark.haproxy
+async def test_a_restarted_controller_still_knows_the_minutes_before(
+    router: HAProxyRouter, backend: StartBackend, state_dir: Path
+) -> None:
+    """The history behind `recent` and `recent_latencies` (what a canary that takes all
+    the traffic is held to) is saved as it goes; a provider after a controller restart
+    that adopts the same HAProxy takes it up, so it reaches back past the restart. With
+    the router's books gone (another HAProxy process), it starts afresh."""
+    a1, b1 = backend("a1"), backend("b1", fail_every=4)
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    first = HAProxyMetrics(router, seed=1, history_save_every=0.0)
+    await first.start()
+    try:
+        await first.poll()  # its history begins before the first request
+        seen = await send(route, 60, workers=1)
+        await latencies(first, route.name, {"A": answered(seen, "a1")})
+        await first.poll()
+        before = await first.recent(route.name, "B", 600)
+        logged = await first.recent_latencies(route.name, "A", 600)
+    finally:
+        await first.stop()
+    assert before == (answered(seen, "b1"), seen[("b1", 500)])
+    assert len(logged) == answered(seen, "a1")
+
+    again = HAProxyRouter(state_dir, log_target=log_target(state_dir))
+    await again.ensure([route])
+    second = HAProxyMetrics(again, seed=2)
+    await second.start()
+    try:
+        seen += await send(route, 20, workers=1)
+        await second.poll()
+        assert await second.recent(route.name, "B", 600) == (
+            answered(seen, "b1"),
+            seen[("b1", 500)],
+        )
+        assert (await second.recent_latencies(route.name, "A", 600))[: len(logged)] == (
+            pytest.approx(logged, abs=1e-3)
+        )
+    finally:
+        await second.stop()
+
+    (state_dir / "counts.json").unlink()
+    third_router = HAProxyRouter(state_dir, log_target=log_target(state_dir))
+    await third_router.ensure([route])
+    third = HAProxyMetrics(third_router, seed=3)
+    await third.start()
+    try:
+        await third.poll()
+        assert await third.recent(route.name, "B", 600) == (0, 0)
+        assert await third.recent_latencies(route.name, "A", 600) == ()
+    finally:
+        await third.stop()
+
+
+@needs_haproxy
+@pytest.mark.haproxy
 async def test_under_heavy_traffic_haproxy_logs_a_share_and_counts_stay_exact(
     router: HAProxyRouter, backend: StartBackend
 ) -> None:

@@ -28,7 +28,10 @@ What is measured, and how:
   saw), the provider keeps its totals and counts on from the new figures: never back.
   The router keeps its books on disk, and where each service's window began is saved
   too, so a restarted controller that adopts the same HAProxy process takes the window up
-  (`resume`) and counts what was served while no controller ran.
+  (`resume`) and counts what was served while no controller ran. The history behind
+  `recent` and `recent_latencies` is saved every HISTORY_SAVE_EVERY seconds (when it
+  moved) and taken up the same way, so it reaches back past the restart, bar the last
+  seconds before it.
 
   What went through the service's canary-header backend is also counted apart
   (`requested`, `requested_failures`): requests clients chose to send to the release,
@@ -71,6 +74,7 @@ What is measured, and how:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -81,6 +85,7 @@ import re
 import socket
 import stat
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass, field, replace
@@ -100,6 +105,7 @@ log = logging.getLogger(__name__)
 
 LOG_SOCKET = "logs.sock"
 WINDOWS_FILE = "metrics-windows.json"
+HISTORY_FILE = "metrics-history.json"
 # The kernel's sun_path holds 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
 # HAProxy's longest log line is 1024 bytes unless told otherwise ("len").
@@ -262,6 +268,9 @@ def counters_tally(counters: ReleaseCounters) -> Tally:
 # How long, and how finely, each release's totals are remembered for `recent`.
 HISTORY_SECONDS = 900.0
 HISTORY_STEP = 1.0
+# How often that history (and each release's latest latencies) is saved for a controller
+# after this one.
+HISTORY_SAVE_EVERY = 15.0
 
 
 # Log lines a second a service's requests may cost, about, under heavy traffic; a release
@@ -325,11 +334,19 @@ class HAProxyMetrics:
         seed: int | None = None,
         log_lines: float = LOG_LINES,
         log_lines_per_release: float = LOG_LINES_PER_RELEASE,
+        history_save_every: float = HISTORY_SAVE_EVERY,
     ) -> None:
         self.router = router
         self.socket_path = router.state_dir / LOG_SOCKET
         # Where each service's window started, in the router's figures (`resume`).
         self._windows_path = router.state_dir / WINDOWS_FILE
+        # The history `recent` and `recent_latencies` read, saved every `history_save_every`
+        # seconds and taken up by a provider after this one (see `_take_up_history`).
+        self._history_path = router.state_dir / HISTORY_FILE
+        self.history_save_every = history_save_every
+        self._history_saved_at = 0.0
+        self._history_saved_for: tuple[int, int] = (0, 0)  # (log lines, requests) then
+        self._history_taken_up = False
         self.interval = interval
         self.reservoir_size = reservoir_size
         self.log_lines = log_lines
@@ -432,6 +449,64 @@ class HAProxyMetrics:
         books.latency.clear()
         return True
 
+    def _save_history(self) -> None:
+        """Each service's history of totals, in the router's figures, and each release's
+        latest latencies (float32, with when they came), for a provider after this one."""
+        services: dict[str, object] = {}
+        for name, books in self._services.items():
+            # Totals and the router's figures differ by what fell (nothing, mostly).
+            apart = {r: t - books.seen.get(r, Tally()) for r, t in books.totals.items()}
+            apart = {r: t for r, t in apart.items() if t != Tally()}
+            history = [
+                [at, {r: _counts(t - apart[r] if r in apart else t) for r, t in totals.items()}]
+                for at, totals in books.history
+            ]
+            latest = {
+                r: [
+                    base64.b64encode(array("d", [at for at, _ in kept]).tobytes()).decode(),
+                    base64.b64encode(array("f", [ms for _, ms in kept]).tobytes()).decode(),
+                ]
+                for r, kept in books.latest.items()
+            }
+            services[name] = {"history": history, "latest": latest}
+        write_atomic(self._history_path, json.dumps({"services": services}) + "\n")
+
+    def _take_up_history(self) -> None:
+        """Put the history a provider before this one saved (`_save_history`) ahead of this
+        one's: the router counts on from that provider's figures (same HAProxy process), so
+        `recent` reaches back past the controller's restart. Times are time.monotonic(),
+        the same for every process since the machine started (and HAProxy with it)."""
+        try:
+            data = json.loads(self._history_path.read_text())
+            saved = {
+                name: (
+                    [
+                        (float(at), {r: Tally(*map(int, t)) for r, t in totals.items()})
+                        for at, totals in body["history"]
+                    ],
+                    {
+                        r: list(zip(_floats("d", ats), _floats("f", mss), strict=True))
+                        for r, (ats, mss) in body["latest"].items()
+                    },
+                )
+                for name, body in data["services"].items()
+            }
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._history_path, exc)
+            return
+        for name, (history, latest) in saved.items():
+            books = self._services.setdefault(name, _Service())
+            apart = {r: t - books.seen.get(r, Tally()) for r, t in books.totals.items()}
+            books.history.extendleft(
+                (at, {r: t + apart.get(r, Tally()) for r, t in totals.items()})
+                for at, totals in reversed(history)
+            )
+            for release, kept in latest.items():
+                mine = books.latest.get(release, ())
+                books.latest[release] = deque([*kept, *mine], maxlen=RECENT_LATENCIES)
+
     def _load_window_starts(self) -> dict[str, dict[str, Tally]]:
         try:
             data = json.loads(self._windows_path.read_text())
@@ -504,6 +579,10 @@ class HAProxyMetrics:
             info = await self.router.runtime.info()
             read = await self.router.routed_counters()
             read_at = time.monotonic()
+            if not self._history_taken_up and self.router.pid is not None:
+                self._history_taken_up = True
+                if self.router.counts_continued:
+                    self._take_up_history()
             for service, releases in read.items():
                 books = self._services.setdefault(service, _Service())
                 for release, c in releases.items():
@@ -522,6 +601,15 @@ class HAProxyMetrics:
             self._read_at = read_at
             self._polls += 1
             self._poll_time += read_at - started
+            if read_at - self._history_saved_at >= self.history_save_every:
+                self._history_saved_at = read_at
+                seen = (
+                    self._lines,
+                    sum(astuple(t)[0] for b in self._services.values() for t in b.totals.values()),
+                )
+                if seen != self._history_saved_for:  # nothing new: nothing to write
+                    self._history_saved_for = seen
+                    self._save_history()
 
     async def _thin_logs(self, service: str, books: _Service, now: float) -> None:
         """About once a second, set the share of the requests each slot of the service
@@ -689,3 +777,14 @@ def _at_path(path: Path, call: Callable[[str], None]) -> None:
         call(f"/proc/self/fd/{dir_fd}/{path.name}")
     finally:
         os.close(dir_fd)
+
+
+def _floats(kind: str, text: str) -> list[float]:
+    """The floats (`kind` "d" or "f") that base64 `text` holds."""
+    values: array[float] = array(kind)
+    values.frombytes(base64.b64decode(text))
+    return values.tolist()
+
+
+def _counts(tally: Tally) -> tuple[int, int, int, int]:
+    return tally.requests, tally.failures, tally.requested, tally.requested_failures
