@@ -814,8 +814,8 @@ class _LatencyTest:
         if beyond is not None and not pending_b:
             # The latencies from before are used up: what the canary answers from now on
             # is held to the bound on their median (only counts chose these samples).
-            while pending_c:
-                beyond.score(pending_c.popleft()[1], fail_logs)
+            beyond.score([value for _, value in pending_c], fail_logs)
+            pending_c.clear()
         self.fail.add(fail_logs)
         self.pass_.add(pass_logs)
 
@@ -859,13 +859,14 @@ class _BeyondReference:
             return None
         return cls(median, median * scale + floor, p0, grid)
 
-    def score(self, value: float, logs: list[float]) -> None:
-        """Add one canary latency's log likelihood ratios to `logs`."""
-        exceeded = value > self.limit  # a tie never counts to a rollback
-        self.count += 1
+    def score(self, values: Sequence[float], logs: list[float]) -> None:
+        """Add the canary latencies' log likelihood ratios to `logs`."""
+        exceeded = sum(value > self.limit for value in values)  # a tie never counts
+        within = len(values) - exceeded
+        self.count += len(values)
         self.exceeded += exceeded
         for i, (up, down) in enumerate(zip(self.above, self.below, strict=True)):
-            logs[i] += up if exceeded else down
+            logs[i] += exceeded * up + within * down
 
 
 def _lehmann_table(k_max: int, grid: Sequence[float]) -> list[list[list[float]]]:
