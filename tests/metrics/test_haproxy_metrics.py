@@ -658,7 +658,7 @@ async def test_a_restarted_controller_still_knows_the_minutes_before(
     route = service()
     await router.ensure([route])
     await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
-    first = HAProxyMetrics(router, seed=1, history_save_every=0.0)
+    first = HAProxyMetrics(router, seed=1, history_save_every=0.0, latencies_save_every=0.0)
     await first.start()
     try:
         await first.poll()  # its history begins before the first request

@@ -90,6 +90,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from canarist.errors import DriverError, RouterError
 from canarist.metrics.base import RECENT_LATENCIES, ReleaseWindow
@@ -106,6 +107,7 @@ log = logging.getLogger(__name__)
 LOG_SOCKET = "logs.sock"
 WINDOWS_FILE = "metrics-windows.json"
 HISTORY_FILE = "metrics-history.json"
+LATENCIES_FILE = "metrics-latencies.json"
 # The kernel's sun_path holds 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
 # HAProxy's longest log line is 1024 bytes unless told otherwise ("len").
@@ -268,9 +270,10 @@ def counters_tally(counters: ReleaseCounters) -> Tally:
 # How long, and how finely, each release's totals are remembered for `recent`.
 HISTORY_SECONDS = 900.0
 HISTORY_STEP = 1.0
-# How often that history (and each release's latest latencies) is saved for a controller
-# after this one.
+# How often that history, and each release's latest latencies (a bigger file), are saved
+# for a controller after this one.
 HISTORY_SAVE_EVERY = 15.0
+LATENCIES_SAVE_EVERY = 60.0
 
 
 # Log lines a second a service's requests may cost, about, under heavy traffic; a release
@@ -335,6 +338,7 @@ class HAProxyMetrics:
         log_lines: float = LOG_LINES,
         log_lines_per_release: float = LOG_LINES_PER_RELEASE,
         history_save_every: float = HISTORY_SAVE_EVERY,
+        latencies_save_every: float = LATENCIES_SAVE_EVERY,
     ) -> None:
         self.router = router
         self.socket_path = router.state_dir / LOG_SOCKET
@@ -343,9 +347,11 @@ class HAProxyMetrics:
         # The history `recent` and `recent_latencies` read, saved every `history_save_every`
         # seconds and taken up by a provider after this one (see `_take_up_history`).
         self._history_path = router.state_dir / HISTORY_FILE
+        self._latencies_path = router.state_dir / LATENCIES_FILE
         self.history_save_every = history_save_every
-        self._history_saved_at = 0.0
-        self._history_saved_for: tuple[int, int] = (0, 0)  # (log lines, requests) then
+        self.latencies_save_every = latencies_save_every
+        self._history_saved_at = self._latencies_saved_at = 0.0
+        self._history_saved_for = self._latencies_saved_for = 0  # requests, log lines then
         self._history_taken_up = False
         self.interval = interval
         self.reservoir_size = reservoir_size
@@ -449,75 +455,94 @@ class HAProxyMetrics:
         books.latency.clear()
         return True
 
-    def _save_history(self) -> None:
-        """Each service's history of totals, in the router's figures, and each release's
-        latest latencies (float32, with when they came), for a provider after this one."""
-        services: dict[str, object] = {}
-        for name, books in self._services.items():
-            # Totals and the router's figures differ by what fell (nothing, mostly).
-            apart = {r: t - books.seen.get(r, Tally()) for r, t in books.totals.items()}
-            apart = {r: t for r, t in apart.items() if t != Tally()}
-            history = [
-                [at, {r: _counts(t - apart[r] if r in apart else t) for r, t in totals.items()}]
-                for at, totals in books.history
-            ]
-            latest = {
-                r: [
-                    base64.b64encode(array("d", [at for at, _ in kept]).tobytes()).decode(),
-                    base64.b64encode(array("f", [ms for _, ms in kept]).tobytes()).decode(),
-                ]
-                for r, kept in books.latest.items()
-            }
-            services[name] = {"history": history, "latest": latest}
-        write_atomic(self._history_path, json.dumps({"services": services}) + "\n")
+    def _save_history(self, now: float) -> None:
+        """For a provider after this one, when they moved: every history_save_every
+        seconds each service's history of totals, in the router's figures; every
+        latencies_save_every seconds each release's latest latencies (float32, with when
+        they came)."""
+        if now - self._history_saved_at >= self.history_save_every:
+            self._history_saved_at = now
+            requests = sum(t.requests for b in self._services.values() for t in b.totals.values())
+            if requests != self._history_saved_for:
+                self._history_saved_for = requests
+                history: dict[str, object] = {}
+                for name, books in self._services.items():
+                    # Totals and the router's figures differ by what fell (nothing, mostly).
+                    apart = {r: t - books.seen.get(r, Tally()) for r, t in books.totals.items()}
+                    apart = {r: t for r, t in apart.items() if t != Tally()}
+                    history[name] = [
+                        [
+                            at,
+                            {
+                                r: _counts(t - apart[r] if r in apart else t)
+                                for r, t in kept.items()
+                            },
+                        ]
+                        for at, kept in books.history
+                    ]
+                write_atomic(self._history_path, json.dumps(history) + "\n")
+        if now - self._latencies_saved_at >= self.latencies_save_every:
+            self._latencies_saved_at = now
+            if self._lines != self._latencies_saved_for:
+                self._latencies_saved_for = self._lines
+                latest = {
+                    name: {
+                        r: [
+                            base64.b64encode(array("d", [at for at, _ in kept]).tobytes()).decode(),
+                            base64.b64encode(array("f", [ms for _, ms in kept]).tobytes()).decode(),
+                        ]
+                        for r, kept in books.latest.items()
+                    }
+                    for name, books in self._services.items()
+                }
+                write_atomic(self._latencies_path, json.dumps(latest) + "\n")
 
     def _take_up_history(self) -> None:
         """Put the history a provider before this one saved (`_save_history`) ahead of this
         one's: the router counts on from that provider's figures (same HAProxy process), so
         `recent` reaches back past the controller's restart. Times are time.monotonic(),
         the same for every process since the machine started (and HAProxy with it)."""
+        histories = _read_json(self._history_path)
+        latencies = _read_json(self._latencies_path)
         try:
-            data = json.loads(self._history_path.read_text())
-            saved = {
-                name: (
-                    [
-                        (float(at), {r: Tally(*map(int, t)) for r, t in totals.items()})
-                        for at, totals in body["history"]
-                    ],
-                    {
-                        r: list(zip(_floats("d", ats), _floats("f", mss), strict=True))
-                        for r, (ats, mss) in body["latest"].items()
-                    },
-                )
-                for name, body in data["services"].items()
+            saved_history = {
+                name: [
+                    (float(at), {r: Tally(*map(int, t)) for r, t in totals.items()})
+                    for at, totals in entries
+                ]
+                for name, entries in histories.items()
             }
-        except FileNotFoundError:
+            saved_latest = {
+                name: {
+                    r: list(zip(_floats("d", ats), _floats("f", mss), strict=True))
+                    for r, (ats, mss) in releases.items()
+                }
+                for name, releases in latencies.items()
+            }
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring a malformed saved history: %s", exc)
             return
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._history_path, exc)
-            return
-        for name, (history, latest) in saved.items():
+        for name, history in saved_history.items():
             books = self._services.setdefault(name, _Service())
             apart = {r: t - books.seen.get(r, Tally()) for r, t in books.totals.items()}
             books.history.extendleft(
                 (at, {r: t + apart.get(r, Tally()) for r, t in totals.items()})
                 for at, totals in reversed(history)
             )
+        for name, latest in saved_latest.items():
+            books = self._services.setdefault(name, _Service())
             for release, kept in latest.items():
                 mine = books.latest.get(release, ())
                 books.latest[release] = deque([*kept, *mine], maxlen=RECENT_LATENCIES)
 
     def _load_window_starts(self) -> dict[str, dict[str, Tally]]:
         try:
-            data = json.loads(self._windows_path.read_text())
             return {
                 name: {r: Tally(*map(int, t)) for r, t in start.items()}
-                for name, start in data.items()
+                for name, start in _read_json(self._windows_path).items()
             }
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._windows_path, exc)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring malformed %s: %s", self._windows_path, exc)
             return {}
 
     async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:
@@ -601,15 +626,7 @@ class HAProxyMetrics:
             self._read_at = read_at
             self._polls += 1
             self._poll_time += read_at - started
-            if read_at - self._history_saved_at >= self.history_save_every:
-                self._history_saved_at = read_at
-                seen = (
-                    self._lines,
-                    sum(astuple(t)[0] for b in self._services.values() for t in b.totals.values()),
-                )
-                if seen != self._history_saved_for:  # nothing new: nothing to write
-                    self._history_saved_for = seen
-                    self._save_history()
+            self._save_history(read_at)
 
     async def _thin_logs(self, service: str, books: _Service, now: float) -> None:
         """About once a second, set the share of the requests each slot of the service
@@ -777,6 +794,18 @@ def _at_path(path: Path, call: Callable[[str], None]) -> None:
         call(f"/proc/self/fd/{dir_fd}/{path.name}")
     finally:
         os.close(dir_fd)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in the file; {} when there is none or it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _floats(kind: str, text: str) -> list[float]:
