@@ -90,7 +90,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from canarist.errors import DriverError, RouterError
 from canarist.metrics.base import RECENT_LATENCIES, ReleaseWindow
@@ -99,6 +98,7 @@ from canarist.routers.haproxy import (
     HAProxyRouter,
     backend_name,
     canary_backend_name,
+    read_json,
     write_atomic,
 )
 
@@ -424,7 +424,7 @@ class HAProxyMetrics:
         books.latency.clear()
         starts = self._load_window_starts()
         starts[service] = dict(books.seen)
-        saved = {name: {r: astuple(t) for r, t in st.items()} for name, st in starts.items()}
+        saved = {name: {r: _counts(t) for r, t in st.items()} for name, st in starts.items()}
         write_atomic(self._windows_path, json.dumps(saved) + "\n")
 
     async def resume(self, service: str) -> bool:
@@ -502,8 +502,8 @@ class HAProxyMetrics:
         one's: the router counts on from that provider's figures (same HAProxy process), so
         `recent` reaches back past the controller's restart. Times are time.monotonic(),
         the same for every process since the machine started (and HAProxy with it)."""
-        histories = _read_json(self._history_path)
-        latencies = _read_json(self._latencies_path)
+        histories = read_json(self._history_path)
+        latencies = read_json(self._latencies_path)
         try:
             saved_history = {
                 name: [
@@ -539,7 +539,7 @@ class HAProxyMetrics:
         try:
             return {
                 name: {r: Tally(*map(int, t)) for r, t in start.items()}
-                for name, start in _read_json(self._windows_path).items()
+                for name, start in read_json(self._windows_path).items()
             }
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("ignoring malformed %s: %s", self._windows_path, exc)
@@ -794,18 +794,6 @@ def _at_path(path: Path, call: Callable[[str], None]) -> None:
         call(f"/proc/self/fd/{dir_fd}/{path.name}")
     finally:
         os.close(dir_fd)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in the file; {} when there is none or it cannot be read."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _floats(kind: str, text: str) -> list[float]:

@@ -1064,14 +1064,8 @@ class HAProxyRouter:
     ) -> tuple[dict[str, dict[str, _Count]], dict[str, dict[int, _Occupant]]] | None:
         """The books saved for the HAProxy process now adopted: (carry, occupants) per
         service; None when there are none, or they were kept for another process."""
-        try:
-            data: Any = json.loads(self._counts_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._counts_path, exc)
-            return None
-        if not isinstance(data, dict) or data.get("pid") != self._pid:
+        data = read_json(self._counts_path)
+        if data.get("pid") != self._pid:
             return None
         carry: dict[str, dict[str, _Count]] = {}
         occupants: dict[str, dict[int, _Occupant]] = {}
@@ -1128,12 +1122,8 @@ class HAProxyRouter:
             await self.runtime.run(commands)
 
     def _load_routes(self) -> dict[str, _Routing]:
-        try:
-            data: Any = json.loads(self._routes_path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._routes_path, exc)
+        data = read_json(self._routes_path)
+        if not data:
             return {}
         routing: dict[str, _Routing] = {}
         try:
@@ -1195,6 +1185,19 @@ def _check_new_listeners(running: str, wanted: str) -> None:
                 pass
         except OSError as exc:
             raise RouterError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in the file at `path`; {} when there is none, or it cannot be read
+    (said in the log)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_atomic(path: Path, text: str) -> None:
