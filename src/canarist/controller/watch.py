@@ -136,12 +136,7 @@ class Watch:
             # Judged counts are offset + window - left out: the same window goes on, so
             # the offset is what the last row judged less what its window had counted.
             w = last.window
-            watch.offset = NOTHING._replace(
-                canary_requests=last.canary_requests - w[0],
-                canary_failures=last.canary_failures - w[1],
-                baseline_requests=last.baseline_requests - w[2],
-                baseline_failures=last.baseline_failures - w[3],
-            )
+            watch.offset = _offset(last, w[:4])
             watch._requested_seen = (w[4], w[5])
             watch._window_floor = w
         return watch
@@ -180,13 +175,7 @@ class Watch:
             if any(n < f for n, f in zip(now_seen, self._window_floor, strict=True)):
                 # Behind the window taken up (it should not be): count on from the last
                 # row, from this reading, rather than let the counts go back.
-                last = self.persisted or NOTHING
-                self.offset = NOTHING._replace(
-                    canary_requests=last.canary_requests - c.requests,
-                    canary_failures=last.canary_failures - c.failures,
-                    baseline_requests=last.baseline_requests - b.requests,
-                    baseline_failures=last.baseline_failures - b.failures,
-                )
+                self.offset = _offset(self.persisted or NOTHING, now_seen[:4])
                 self._requested_seen = requested
             self._window_floor = None
         self._leave_out_requested(canary, canary_weight)
@@ -291,6 +280,17 @@ class Watch:
             "canary_failures": self.canary_failures,
             "lost_instances": self.lost_instances,
         }
+
+
+def _offset(judged: ObservationRow, window: tuple[int, ...]) -> ObservationRow:
+    """What to add to a window's counts (canary requests and failures, baseline requests
+    and failures) for them to go on from the counts `judged` had at them."""
+    return NOTHING._replace(
+        canary_requests=judged.canary_requests - window[0],
+        canary_failures=judged.canary_failures - window[1],
+        baseline_requests=judged.baseline_requests - window[2],
+        baseline_failures=judged.baseline_failures - window[3],
+    )
 
 
 def _thinned(values: list[float]) -> tuple[float, ...]:
