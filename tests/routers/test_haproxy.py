@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from canarist.errors import RouterError
+from canarist.routers import haproxy as haproxy_module
 from canarist.routers.base import Member, RouteTable, ServiceRoute
 from canarist.routers.haproxy import HAProxyRouter, slot_name
 from canarist.routers.haproxy_runtime import (
@@ -331,6 +332,74 @@ async def test_apply_moves_only_what_changed(
     assert "weight" in issued and "addr" not in issued and "state" not in issued
     after = {(s.name, s.addr, s.port) for s in await router.runtime.servers_state("be_web")}
     assert after == before
+
+
+async def test_asking_again_for_the_same_routing_costs_nothing_and_meddling_is_undone(
+    router: HAProxyRouter, backends: StartBackends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller asks for every service's routing at every tick. Asked again for what
+    it just applied, the router neither queries HAProxy nor rewrites its files; it looks
+    again within VERIFY_EVERY, and undoes a change made behind its back."""
+    a1, b1 = backends("a1", "b1")
+    route = service()
+    await router.ensure([route])
+    table = RouteTable((a1.member("A"), b1.member("B")), {"A": 90, "B": 10})
+    await router.apply(route.name, table)
+    applied = {s.name: s.weight for s in await router.runtime.servers_state("be_web")}
+    files = [router.config_path, router.state_dir / "routes.json"]
+    written = [f.stat().st_mtime_ns for f in files]
+    queries: list[str] = []
+    query = router.runtime.query
+
+    async def counted(*commands: str) -> str:
+        queries.extend(commands)
+        return await query(*commands)
+
+    monkeypatch.setattr(router.runtime, "query", counted)
+    started = time.monotonic()
+    for _ in range(20):
+        await router.apply(route.name, RouteTable(table.members, dict(table.weights)))
+    assert time.monotonic() - started < haproxy_module.VERIFY_EVERY
+    assert queries == []
+    assert [f.stat().st_mtime_ns for f in files] == written
+
+    # Behind the router's back: slot 0 loses its weight.
+    await query("set server be_web/s0 weight 0")
+    await asyncio.sleep(haproxy_module.VERIFY_EVERY)
+    await router.apply(route.name, table)
+    assert {s.name: s.weight for s in await router.runtime.servers_state("be_web")} == applied
+    assert [f.stat().st_mtime_ns for f in files] == written  # the routing itself is the same
+    assert await router.read_weights(route.name) == {"A": 90.0, "B": 10.0}
+
+
+async def test_the_counters_of_every_service_come_from_one_read(
+    router: HAProxyRouter, backends: StartBackends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`routed_counters` reads HAProxy's counters once for all services (its answer grows
+    with them) and gives each service exactly what `counters` gives it."""
+    a1, b1, c1 = backends("a1", "b1", "c1")
+    web, api = service("web", slots=3), service("api", slots=3)
+    await router.ensure([web, api])
+    await router.apply("web", RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+    await router.apply("api", RouteTable((c1.member("C"),), {"C": 100}))
+    await hit(web, 20)
+    await hit(web, 4, path="/fail")
+    await hit(api, 7)
+    queries: list[str] = []
+    query = router.runtime.query
+
+    async def counted(*commands: str) -> str:
+        queries.extend(commands)
+        return await query(*commands)
+
+    monkeypatch.setattr(router.runtime, "query", counted)
+    every = await router.routed_counters()
+    assert [q for q in queries if q.startswith("show stat")] == ["show stat"]
+
+    assert every == {"web": await router.counters("web"), "api": await router.counters("api")}
+    assert every["web"]["A"].requests == every["web"]["B"].requests == 12
+    assert every["web"]["A"].errors_5xx == every["web"]["B"].errors_5xx == 2
+    assert every["api"]["C"].requests == 7 and every["api"]["C"].errors_5xx == 0
 
 
 async def test_canary_header_forces_the_canary(

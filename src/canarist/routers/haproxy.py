@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -503,6 +504,10 @@ class _Routing:
 # Beside the config: per service, the share of the requests each slot answers that are
 # logged, per mille, in a map HAProxy reads and the Runtime API changes.
 LOG_SHARES = "log-shares"
+# How long a service's routing, once HAProxy was found to match it, is taken as applied
+# when asked again for the same: the controller asks at every tick, and reading HAProxy's
+# live state for every service ten times a second cost more than all else it does.
+VERIFY_EVERY = 1.0
 
 
 class HAProxyRouter:
@@ -544,6 +549,9 @@ class HAProxyRouter:
         self._retired: list[subprocess.Popen[bytes]] = []
         self._occupants: dict[str, dict[int, _Occupant]] = {}
         self._carry: dict[str, dict[str, _Count]] = {}
+        # service -> (table, HAProxy PID, time.monotonic()) of the last apply that left
+        # HAProxy as the table asks
+        self._verified: dict[str, tuple[RouteTable, int | None, float]] = {}
         # Whether `counters` goes on from the figures of the controller before this one
         # (it adopted the HAProxy process whose books that controller left).
         self.counts_continued = False
@@ -606,20 +614,28 @@ class HAProxyRouter:
             if route is None:
                 raise RouterError(f"service {service!r} is not routed; call ensure first")
             validate_table(route, table)
+            now = time.monotonic()
+            verified = self._verified.get(service)
+            if verified and verified[:2] == (table, self._pid) and now - verified[2] < VERIFY_EVERY:
+                return  # applied as asked, and HAProxy found so, moments ago
             live_main, live_canary = await self._live_slots(route)
             assignment = assign_slots(table.members, live_main, route.slots)
             layout = desired_layout(route, table, assignment)
             commands = plan_commands(service, layout, live_main, live_canary)
-            # Persist the desired state first: a HAProxy that dies from here on restarts in it.
-            self._routing[service] = _Routing(table, assignment)
-            self._save_routes()
-            write_atomic(self.config_path, self._render())
+            routing = _Routing(table, assignment)
+            if self._routing.get(service) != routing:
+                # Persist the desired state first: a HAProxy that dies from here on
+                # restarts in it.
+                self._routing[service] = routing
+                self._save_routes()
+                write_atomic(self.config_path, self._render())
             moved = await self._reassign_counts(service, table, assignment)
             # A new release's first requests are logged in full, before any weight is set.
             commands = self._reset_log_shares(service, moved) + commands
             if commands:
                 log.info("haproxy %s: %s", service, "; ".join(commands))
                 await self.runtime.run(commands)
+            self._verified[service] = (table, self._pid, now)
 
     async def set_log_shares(self, service: str, shares: Mapping[int, int]) -> None:
         """Log only the given per mille (1 to 1000) of the requests each of these slots of
@@ -681,10 +697,13 @@ class HAProxyRouter:
         `extra["requested_connection_errors"]` are the part of those figures that went
         through the canary-header backend: requests clients chose to send to the release.
         """
-        routing = self._routing.get(service)
-        if routing is None:
+        if service not in self._routing:
             return {}
-        live = await self._slot_counts(service)
+        return self._counters(service, _slot_counts(await self.runtime.stat(), service))
+
+    def _counters(self, service: str, live: Mapping[int, _Count]) -> dict[str, ReleaseCounters]:
+        """`counters`, from the slots' counters as just read."""
+        routing = self._routing[service]
         totals: dict[str, _Count] = {r: _Count() for r in routing.table.weights}
         for release, count in self._carry.get(service, {}).items():
             totals[release] = totals.get(release, _Count()) + count
@@ -718,7 +737,10 @@ class HAProxyRouter:
         one: a read in the middle of a slot changing hands, or of a reload, could credit
         one release with another's requests."""
         async with self._lock:
-            return {name: await self.counters(name) for name in list(self._routing)}
+            if not self._routing:
+                return {}
+            rows = await self.runtime.stat()  # once for all: its answer grows with them
+            return {name: self._counters(name, _slot_counts(rows, name)) for name in self._routing}
 
     def slot_releases(self) -> dict[str, dict[int, str]]:
         """Per routed service, the release each occupied slot serves (in both backends), as
@@ -932,28 +954,16 @@ class HAProxyRouter:
         main: dict[int, ServerState] = {}
         canary: dict[int, ServerState] = {}
         main_name, canary_name = backend_name(route.name), canary_backend_name(route.name)
-        for state in await self.runtime.servers_state():
-            k = _slot_index(state.name)
-            if k is None:
+        for backend, slots in ((main_name, main), (canary_name, canary)):
+            if backend == canary_name and not route.canary_header:
                 continue
-            if state.backend == main_name:
-                main[k] = state
-            elif state.backend == canary_name:
-                canary[k] = state
+            for state in await self.runtime.servers_state(backend):
+                k = _slot_index(state.name)
+                if k is not None and state.backend == backend:
+                    slots[k] = state
         if not main:
             raise RouterError(f"HAProxy has no backend {main_name}: call ensure first")
         return main, canary
-
-    async def _slot_counts(self, service: str) -> dict[int, _Count]:
-        backends = {backend_name(service): False, canary_backend_name(service): True}
-        counts: dict[int, _Count] = {}
-        for row in await self.runtime.stat():
-            requested = backends.get(row.get("pxname", ""))
-            if requested is not None:
-                k = _slot_index(row.get("svname", ""))
-                if k is not None:
-                    counts[k] = counts.get(k, _Count()) + _count_of(row, requested=requested)
-        return counts
 
     async def _reassign_counts(
         self, service: str, table: RouteTable, assignment: Mapping[str, int]
@@ -972,7 +982,7 @@ class HAProxyRouter:
         ]
         if not changing:
             return []
-        live = await self._slot_counts(service)
+        live = _slot_counts(await self.runtime.stat(), service)
         carry = self._carry.setdefault(service, {})
         moved = []
         for k in changing:
@@ -1005,7 +1015,7 @@ class HAProxyRouter:
         self.counts_continued = books is not None
         carry, kept = books or ({}, {})
         for service, routing in self._routing.items():
-            live = await self._slot_counts(service)
+            live = _slot_counts(await self.runtime.stat(), service)
             releases = {m.instance_id: m.release for m in routing.table.members}
             occupants: dict[int, _Occupant] = {}
             for i, k in routing.assignment.items():
@@ -1198,6 +1208,19 @@ def read_json(path: Path) -> dict[str, Any]:
         log.warning("ignoring unreadable %s: %s", path, exc)
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _slot_counts(rows: Sequence[Mapping[str, str]], service: str) -> dict[int, _Count]:
+    """Each slot's counters over the service's two backends, from `show stat` rows."""
+    backends = {backend_name(service): False, canary_backend_name(service): True}
+    counts: dict[int, _Count] = {}
+    for row in rows:
+        requested = backends.get(row.get("pxname", ""))
+        if requested is not None:
+            k = _slot_index(row.get("svname", ""))
+            if k is not None:
+                counts[k] = counts.get(k, _Count()) + _count_of(row, requested=requested)
+    return counts
 
 
 def write_atomic(path: Path, text: str) -> None:
