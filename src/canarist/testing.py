@@ -6,7 +6,7 @@ sockets or HAProxy. The real drivers have their own tests against the real thing
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +174,7 @@ class FakeMetrics:
         # Whether `resume` takes a window up (as HAProxy's provider does for a restarted
         # controller that adopts the same HAProxy) or starts a new one.
         self.windows_outlive_restarts = False
+        self.attended: frozenset[str] | None = None  # as last told by `attend`
 
     def add(
         self,
@@ -228,6 +229,10 @@ class FakeMetrics:
         """Every latency added for the release (the last RECENT_LATENCIES), oldest first,
         whatever `seconds` says (the fake has no clock)."""
         return tuple(self.latency_log.get((service, release), [])[-RECENT_LATENCIES:])
+
+    def attend(self, services: Collection[str]) -> None:
+        """Remember which services are judged now."""
+        self.attended = frozenset(services)
 
     async def reset(self, service: str) -> None:
         """A new window."""

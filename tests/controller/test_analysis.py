@@ -99,6 +99,35 @@ async def test_a_healthy_canary_is_promoted(tmp_path: Path) -> None:
     assert world.status()["stable"] == world.v2
 
 
+async def test_only_the_services_being_judged_are_read_in_full(tmp_path: Path) -> None:
+    """The engine tells the metrics provider which services are judged now, so that it may
+    read the others' requests more thinly: a service while its rollout is analyzed, and
+    while its old release is watched after a rollback of a canary alone; not before
+    (a first release has nothing to be compared with) nor after."""
+    world = world_with(tmp_path)
+    await world.engine.deploy("web", world.v1)
+    await world.settle()
+    assert world.metrics.attended == frozenset()
+    await world.engine.deploy("web", world.v2)
+    await world.settle(3, step=0.25)
+    assert world.metrics.attended == {"web"}
+    await live(world, random.Random(1), canary_error=0.2, ticks=200)
+    assert world.engine.history("web")[0]["phase"] == "rolled_back"
+    await world.settle(1, step=0.25)
+    assert world.metrics.attended == frozenset()
+
+    blue_green = World(tmp_path / "bg", BLUE_GREEN)
+    rng = random.Random(1)
+    await blue_green_switch(blue_green, rng)
+    assert blue_green.metrics.attended == {"web"}
+    await live(blue_green, rng, canary_error=0.2, ticks=240)
+    assert blue_green.engine.history("web")[0]["phase"] == "rolled_back"
+    await blue_green.settle(1, step=0.25)
+    assert blue_green.metrics.attended == {"web"}  # the aftermath: the old release watched
+    await blue_green.settle(11, step=1.0)  # AFTERMATH_SECONDS later
+    assert blue_green.metrics.attended == frozenset()
+
+
 async def test_too_little_traffic_never_passes_by_default(tmp_path: Path) -> None:
     """With no traffic, the analyze step waits past its time: not enough data is no pass."""
     world = world_with(tmp_path)

@@ -757,6 +757,49 @@ async def test_under_heavy_traffic_haproxy_logs_a_share_and_counts_stay_exact(
 
 @needs_haproxy
 @pytest.mark.haproxy
+async def test_a_service_no_analysis_reads_is_logged_thinly_until_it_is_attended(
+    router: HAProxyRouter, backend: StartBackend
+) -> None:
+    """Told that no analysis reads a busy service, the provider has HAProxy log a tenth of
+    the lines it would for a judged one (here 40 a second against 400); told that it is
+    judged now, it raises the share at the next poll. The counts stay exact throughout."""
+    metrics = HAProxyMetrics(
+        router, seed=1, log_lines=400, log_lines_per_release=100, idle_log_lines=40
+    )
+    await metrics.start()
+    try:
+        a1 = backend("a1")
+        route = service()
+        await router.ensure([route])
+        await router.apply(route.name, RouteTable((a1.member("A"),), {"A": 100}))
+        (slot,) = router.slot_releases()[route.name]
+        metrics.attend([])
+        sent = 0
+        started = time.monotonic()
+        while router.log_shares(route.name)[slot] == 1000:
+            assert time.monotonic() - started < 10, "the log share never came down"
+            sent += sum((await send(route, 200)).values())  # several hundred a second
+        begun = time.monotonic()
+        sent += sum((await send(route, 400)).values())
+        await metrics.poll()
+        rate = (await metrics.recent(route.name, "A", 2.0) or (0, 0))[0] / 2.0
+        idle = router.log_shares(route.name)[slot]
+        # About 40 lines a second of `rate`: at most a quarter off (the change threshold).
+        assert idle <= 1.25 * 1000 * 40 / min(rate, 400) + 1, (idle, rate)
+
+        metrics.attend([route.name])
+        while router.log_shares(route.name)[slot] < 5 * idle:
+            assert time.monotonic() - begun < 10, "the log share never went up"
+            sent += sum((await send(route, 100)).values())
+            await metrics.poll()
+        await metrics.poll()
+        assert (await metrics.snapshot(route.name))["A"].requests == sent
+    finally:
+        await metrics.stop()
+
+
+@needs_haproxy
+@pytest.mark.haproxy
 async def test_a_reused_slot_credits_each_release_its_own(
     router: HAProxyRouter, metrics: HAProxyMetrics, backend: StartBackend
 ) -> None:

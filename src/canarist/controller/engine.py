@@ -47,6 +47,7 @@ from canarist.domain.strategies import compile_plan, override
 from canarist.errors import BadInput, CanaristError, DriverError, RolloutInProgress
 from canarist.metrics.base import (
     AlarmSource,
+    Attends,
     BindsTargets,
     KeepsHistory,
     Metrics,
@@ -310,6 +311,7 @@ class Engine:
                 self.store.forget_instances(before=now - 3600)
                 self.store.forget_observations(before=now - 3600)
                 self._forgotten_at = now
+            attended = []
             for name in self.spec.services:
                 await self._read_metrics(name)
                 rollout = self.store.active_rollout(name)
@@ -320,6 +322,12 @@ class Engine:
                     await self._reconcile_group(name)
                 else:
                     await self._reconcile(name)
+                runtime = self._runtime[name]
+                if runtime.watch is not None or runtime.aftermath is not None:
+                    attended.append(name)
+            if isinstance(self.metrics, Attends):
+                # Only what is judged is read at full detail.
+                self.metrics.attend(attended)
 
     async def run(self, stop: asyncio.Event, interval: float = 0.1) -> None:
         """Tick until `stop` is set."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -91,6 +92,15 @@ class ResumesWindows(Protocol):
         """Take up the window last started for the service, counting on from then; when
         that cannot be done (the data plane counted afresh since), start a new one, as
         `reset` does, and say False."""
+
+
+@runtime_checkable
+class Attends(Protocol):
+    """A provider that can measure the services no analysis reads now more cheaply (fewer
+    request logs read), at full detail only those it is told about."""
+
+    def attend(self, services: Collection[str]) -> None:
+        """The services whose releases are judged now, replacing those told before."""
 
 
 @runtime_checkable

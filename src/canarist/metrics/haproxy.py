@@ -62,7 +62,9 @@ What is measured, and how:
   provider sets the shares (`log_shares`, per server slot, through the router's maps, no
   reload) to keep a service's lines near `log_lines` a second (1,000), but a release
   keeps up to `log_lines_per_release` (100) of its own, so a small canary beside a large
-  stable is not starved. The draw ignores the request's outcome, so each release's
+  stable is not starved. That is for the services whose rollouts are judged now; the
+  controller says which (`attend`), and the others get `idle_log_lines` (100) a second
+  in all, enough for the history a later rollout is held to. The draw ignores the request's outcome, so each release's
   sample stays uniform, and the counts, which come from the counters, stay exact.
   (`log_target(state_dir, sample=N)` fixes one share for everything in the config.)
   The kernel queues few datagrams on a unix socket
@@ -87,7 +89,7 @@ import stat
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 
@@ -280,6 +282,9 @@ LATENCIES_SAVE_EVERY = 60.0
 # keeps up to LOG_LINES_PER_RELEASE of its own (see `log_shares`).
 LOG_LINES = 1000.0
 LOG_LINES_PER_RELEASE = 100.0
+# The same for a service no analysis reads now (see `attend`), release and service alike:
+# enough for the latest RECENT_LATENCIES latencies to span the last minutes.
+IDLE_LOG_LINES = 100.0
 
 
 def log_shares(
@@ -337,6 +342,7 @@ class HAProxyMetrics:
         seed: int | None = None,
         log_lines: float = LOG_LINES,
         log_lines_per_release: float = LOG_LINES_PER_RELEASE,
+        idle_log_lines: float = IDLE_LOG_LINES,
         history_save_every: float = HISTORY_SAVE_EVERY,
         latencies_save_every: float = LATENCIES_SAVE_EVERY,
     ) -> None:
@@ -357,6 +363,9 @@ class HAProxyMetrics:
         self.reservoir_size = reservoir_size
         self.log_lines = log_lines
         self.log_lines_per_release = log_lines_per_release
+        self.idle_log_lines = idle_log_lines
+        # The services judged now (`attend`); None until told: all of them.
+        self._attended: frozenset[str] | None = None
         self._rng = random.Random(seed)
         self._services: dict[str, _Service] = {}
         self._backends: dict[str, str] = {}  # backend name -> service
@@ -411,6 +420,19 @@ class HAProxyMetrics:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+
+    def attend(self, services: Collection[str]) -> None:
+        """Read the requests of these services at full detail (`log_lines` a second each),
+        and of the others only `idle_log_lines` a second: their latencies serve only as
+        the history a later rollout is held to, and reading log lines is most of what the
+        provider costs. A service newly attended gets its new shares at the next poll."""
+        attended = frozenset(services)
+        if self._attended is not None:
+            for service in attended - self._attended:
+                books = self._services.get(service)
+                if books is not None:
+                    books.thinned_at = float("-inf")
+        self._attended = attended
 
     async def reset(self, service: str) -> None:
         """Start the service's window now: the counters are read first (if HAProxy does
@@ -643,7 +665,11 @@ class HAProxyMetrics:
             release: (total.requests - then[1].get(release, Tally()).requests) / seconds
             for release, total in books.totals.items()
         }
-        want = log_shares(rates, lines=self.log_lines, per_release=self.log_lines_per_release)
+        if self._attended is None or service in self._attended:
+            lines, per_release = self.log_lines, self.log_lines_per_release
+        else:
+            lines = per_release = self.idle_log_lines
+        want = log_shares(rates, lines=lines, per_release=per_release)
         have = self.router.log_shares(service)
         slots = self.router.slot_releases().get(service, {})
         # A slot's share changes when it is off by a quarter or more, or back to all:
