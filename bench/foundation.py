@@ -8,8 +8,9 @@
   spawning `python server.py` straight from the app dir and probing it the same way;
 - data plane: throughput and latency straight to one instance, through a plain
   hand-written HAProxy, and through canarist's HAProxy (slots, checks, canary backend,
-  logs) with its controller reading the request data and with the controller stopped;
-  the controller's CPU and the log lines HAProxy dropped while it read;
+  logs) during a canary rollout (one instance of each of two releases at 50 %, held at a
+  manual gate) with its controller judging it, and with the controller stopped; the
+  controller's CPU and the log lines HAProxy dropped while it read;
 - promote → 100 %: from the `promote` API call until HAProxy's live server state gives
   the new release all the weight, through a real controller;
 - cutover: failed requests under steady load during a blue-green switch by canarist,
@@ -232,17 +233,21 @@ def bench_data_plane(work: Path, seconds: int) -> None:
     home_dir = work / "dp-project"
     home_dir.mkdir()
     ours_port = free_port()
-    (home_dir / "canarist.yaml").write_text(
-        f"services:\n  web:\n    listen: 127.0.0.1:{ours_port}\n    instances: 2\n"
-    )
+    # One instance of each of two releases, at 50 % each, held at a manual gate: two
+    # instances, as behind the plain HAProxy, and a rollout being judged all along.
+    (home_dir / "canarist.yaml").write_text(GATED_SPEC.format(port=ours_port, instances=1))
     home = Home.locate(home_dir / "canarist.yaml")
     store = LocalArtifactStore(home.artifacts, venv_root=home.venvs)
     ref = build_release(app, store)
+    canary = build_release(write_app(work / "dp-app-2", "2.0.0"), store)
     daemon.start_background(home)
     client = ControllerClient(home)
     try:
         rollout = client.deploy("web", ref, None)
         while client.rollout(rollout["id"])["ended_at"] is None:
+            time.sleep(0.1)
+        client.deploy("web", canary, None)
+        while client.status("web")[0]["phase"] != "paused":
             time.sleep(0.1)
         controller = int(home.pidfile.read_text().split()[0])
         idle = cpu_seconds(controller, 2.0) / 2.0
@@ -250,7 +255,7 @@ def bench_data_plane(work: Path, seconds: int) -> None:
         paths = (
             ("direct (one instance)", ports[0], False),
             ("plain HAProxy (2 instances)", plain_port, False),
-            ("canarist HAProxy (2 instances)", ours_port, False),
+            ("canarist HAProxy (2 instances)", ours_port, False),  # 1 + 1, judged
             ("  the same, controller stopped", ours_port, True),
         )
         # Short runs, interleaved, medians: the load of the rest of the machine moves
@@ -288,7 +293,8 @@ def bench_data_plane(work: Path, seconds: int) -> None:
             f" {1e6 * (busy - idle * seconds_busy) / max(requests, 1):.0f} µs a request;"
             f" log lines dropped (a full socket queue; counts stay exact): {dropped:.0f} of"
             f" {requests:.0f} ({100 * dropped / max(requests, 1):.1f} %); share of requests"
-            f" logged at the end: {share_logged(home)}"
+            f" logged at the end: {share_logged(home)}; the canary's analysis at the end:"
+            f" {client.status('web')[0]['analysis']['verdict']}"
         )
     finally:
         client.shutdown(everything=True)
@@ -328,7 +334,7 @@ GATED_SPEC = """\
 services:
   web:
     listen: 127.0.0.1:{port}
-    instances: 2
+    instances: {instances}
     strategy:
       kind: canary
       steps: [{{set_weight: 50}}, {{pause: manual}}]
@@ -341,7 +347,7 @@ def bench_promote_and_cutover(work: Path, rounds: int, load_seconds: float) -> N
     project = work / "promote"
     project.mkdir()
     port = free_port()
-    (project / "canarist.yaml").write_text(GATED_SPEC.format(port=port))
+    (project / "canarist.yaml").write_text(GATED_SPEC.format(port=port, instances=2))
     home = Home.locate(project / "canarist.yaml")
     store = LocalArtifactStore(home.artifacts, venv_root=home.venvs)
     refs = [build_release(write_app(project / f"app{v}", str(v)), store) for v in (1, 2)]
