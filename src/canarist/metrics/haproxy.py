@@ -64,8 +64,9 @@ What is measured, and how:
   keeps up to `log_lines_per_release` (100) of its own, so a small canary beside a large
   stable is not starved. That is for the services whose rollouts are judged now; the
   controller says which (`attend`), and the others get `idle_log_lines` (100) a second
-  in all, enough for the history a later rollout is held to. The draw ignores the request's outcome, so each release's
-  sample stays uniform, and the counts, which come from the counters, stay exact.
+  in all, enough for the history a later rollout is held to. The draw ignores the
+  request's outcome, so each release's sample stays uniform, and the counts, which come
+  from the counters, stay exact.
   (`log_target(state_dir, sample=N)` fixes one share for everything in the config.)
   The kernel queues few datagrams on a unix socket
   (`net.unix.max_dgram_qlen`, as low as 10): lines HAProxy could not send while the
