@@ -445,6 +445,34 @@ async def test_sticky_cookie_keeps_a_client_on_its_server(
         assert await hit(route, 10) == {"a1" if name == "a2" else "a2": 10}
 
 
+async def test_requests_the_sticky_cookie_routes_are_counted_apart(
+    router: HAProxyRouter, backends: StartBackends
+) -> None:
+    """A sticky service's requests that carry its cookie went where the client's first
+    request went, not where the split sent them: they are counted apart (`pinned`), 5xx
+    and all, while a client without the cookie is split by weight as before."""
+    a1, b1 = backends("a1", "b1")
+    route = service(sticky=True)
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"), b1.member("B")), {"A": 50, "B": 50}))
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        stuck = await hit(route, 20, session=client, workers=1)
+        failed = await hit(route, 5, path="/fail", session=client, workers=1)
+    assert len(stuck) == 1 and set(failed) == set(stuck), (stuck, failed)
+    spread = await hit(route, 40)  # no cookie jar: each request split afresh
+    assert set(spread) == {"a1", "b1"}
+
+    counts = await router.counters(route.name)
+    mine = "A" if "a1" in stuck else "B"
+    other = "B" if mine == "A" else "A"
+    assert counts[mine].requests == 25 + spread[mine.lower() + "1"]
+    assert counts[mine].extra["pinned"] == 24  # all but the first
+    assert counts[mine].extra["pinned_5xx"] == counts[mine].errors_5xx == 5
+    assert counts[other].extra["pinned"] == counts[other].errors_5xx == 0
+    assert counts[mine].extra["requested"] == counts[other].extra["requested"] == 0
+
+
 async def test_counters_follow_releases_across_slot_reuse(
     router: HAProxyRouter, backends: StartBackends
 ) -> None:

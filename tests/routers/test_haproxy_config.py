@@ -192,6 +192,40 @@ def test_config_bakes_in_states_weights_and_cookies() -> None:
     assert "server s0 127.0.0.1:9000 weight 0 cookie s0 check disabled" in canary
 
 
+def test_a_sticky_service_sends_requests_with_its_cookie_to_a_pinned_backend() -> None:
+    """Requests carrying the sticky cookie go to a backend of their own, after the canary
+    header's rule and before the split: the same servers in the same states as the main
+    backend, honouring the cookie, never logged (no latency of theirs is a sample)."""
+    sticky = ServiceRoute("web", "127.0.0.1", 8080, 2, "/healthz", sticky=True)
+    layout = Layout(main={0: SlotState("127.0.0.1", 9000, 7, "ready")})
+    text = render_config(
+        [sticky],
+        {"web": layout},
+        socket="/run/c/admin.sock",
+        pidfile="/run/c/haproxy.pid",
+        log_target="/run/c/logs.sock format raw",
+    )
+    frontend = text.split("\nfrontend fe_web\n")[1].split("\n\n")[0].splitlines()
+    rules = [line.split()[1] for line in frontend if "_backend" in line]
+    assert rules == ["be_web_canary", "be_web_pinned", "be_web"]
+    assert "use_backend be_web_pinned if { req.cook(canarist_web) -m found }" in frontend[2]
+    pinned = text.split("\nbackend be_web_pinned\n")[1].split("\n\n")[0]
+    main = text.split("\nbackend be_web\n")[1].split("\n\n")[0]
+    servers = [line for line in main.splitlines() if "server s" in line]
+    assert servers == [line for line in pinned.splitlines() if "server s" in line]
+    assert "cookie canarist_web insert indirect nocache" in pinned
+    assert "    http-response set-log-level silent" in pinned.splitlines()
+    assert "be_web_pinned" not in render(WEB)
+
+
+def test_services_whose_backends_would_clash_are_config_errors() -> None:
+    """A service named like another's canary or pinned backend is refused."""
+    for clash in ("web_canary", "web_pinned"):
+        other = ServiceRoute(clash, "127.0.0.1", 8081, 2, "/h")
+        with pytest.raises(ConfigError, match="rename one of them"):
+            validate_services([WEB, other])
+
+
 def test_config_without_canary_header_has_no_canary_backend() -> None:
     """No header, no canary backend and no use_backend rule."""
     text = render(ServiceRoute("web", "127.0.0.1", 8080, 2, "/h", canary_header=None))

@@ -93,6 +93,12 @@ def canary_backend_name(service: str) -> str:
     return f"be_{service}_canary"
 
 
+def pinned_backend_name(service: str) -> str:
+    """The backend a sticky service's requests that carry its cookie go to: the same
+    servers as the main backend, counted apart, since the client, not the split, chose."""
+    return f"be_{service}_pinned"
+
+
 def slot_name(slot: int) -> str:
     """The server name (and sticky cookie value) of a slot."""
     return f"s{slot}"
@@ -145,6 +151,7 @@ def shape_hash(services: Sequence[ServiceRoute], *, log_target: str | None = Non
         "services": [asdict(s) for s in sorted(services, key=lambda s: s.name)],
         "log_target": log_target,
         "log_shares": LOG_SHARES,  # a HAProxy from before the log shares is reloaded once
+        "pinned": pinned_backend_name(""),  # and one from before the pinned backends
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -153,12 +160,20 @@ def validate_services(services: Sequence[ServiceRoute]) -> None:
     """Raise ConfigError for a service HAProxy's config could not carry safely."""
     names: set[str] = set()
     listeners: set[tuple[str, int]] = set()
+    extra = {
+        f(s.name): s.name for s in services for f in (canary_backend_name, pinned_backend_name)
+    }
     for s in services:
         if not _SERVICE_NAME.match(s.name):
             raise ConfigError(f"service name {s.name!r}: use letters, digits, '-' and '_'")
         if s.name in names:
             raise ConfigError(f"service {s.name!r} is declared twice")
         names.add(s.name)
+        if backend_name(s.name) in extra:
+            raise ConfigError(
+                f"service {s.name!r}: its HAProxy backend would be one of"
+                f" {extra[backend_name(s.name)]!r}'s; rename one of them"
+            )
         if (s.listen_host, s.listen_port) in listeners:
             raise ConfigError(f"two services listen on {s.listen_host}:{s.listen_port}")
         listeners.add((s.listen_host, s.listen_port))
@@ -309,14 +324,18 @@ def plan_commands(
     layout: Layout,
     live_main: Mapping[int, ServerState],
     live_canary: Mapping[int, ServerState],
+    live_pinned: Mapping[int, ServerState] | None = None,
 ) -> list[str]:
     """The Runtime API commands that take the live backends to `layout`, only what differs,
     ordered so that traffic always has somewhere to go: everything that adds capacity
     (new servers, higher weights) before anything that takes it away (lower weights,
-    drain, maintenance)."""
+    drain, maintenance). A sticky service's pinned backend (`live_pinned`) follows the
+    main one's layout."""
     plan = _Plan()
     _plan_backend(backend_name(service), live_main, layout.main, plan)
     _plan_backend(canary_backend_name(service), live_canary, layout.canary, plan)
+    if live_pinned is not None:
+        _plan_backend(pinned_backend_name(service), live_pinned, layout.main, plan)
     return plan.raise_ + plan.lower + plan.drain + plan.maint
 
 
@@ -376,6 +395,11 @@ def render_config(
                 f"    use_backend {canary} if {{ req.hdr({s.canary_header}) -m found }}"
                 f" {{ nbsrv({canary}) gt 0 }}"
             )
+        if s.sticky:
+            lines.append(
+                f"    use_backend {pinned_backend_name(s.name)}"
+                f" if {{ req.cook({_cookie(s.name)}) -m found }}"
+            )
         lines.append(f"    default_backend {backend_name(s.name)}")
         rules = []
         if log_target and log_shares:
@@ -388,7 +412,17 @@ def render_config(
         lines += _render_backend(s, backend_name(s.name), layout.main, rules)
         if s.canary_header:
             lines += _render_backend(s, canary_backend_name(s.name), layout.canary)
+        if s.sticky:
+            # No latency of a pinned request is a sample of its release's (see above):
+            # not worth a log line.
+            silent = ["    http-response set-log-level silent"] if log_target else []
+            lines += _render_backend(s, pinned_backend_name(s.name), layout.main, silent)
     return "\n".join(lines) + "\n"
+
+
+def _cookie(service: str) -> str:
+    """The name of a sticky service's cookie."""
+    return f"canarist_{service}"
 
 
 def _render_backend(
@@ -396,7 +430,7 @@ def _render_backend(
 ) -> list[str]:
     lines = ["", f"backend {name}", "    balance roundrobin", *rules]
     if route.sticky:
-        lines.append(f"    cookie canarist_{route.name} insert indirect nocache")
+        lines.append(f"    cookie {_cookie(route.name)} insert indirect nocache")
     lines += [
         f"    option httpchk GET {route.health_path}",
         # A dead instance stops getting traffic on its own within about two seconds.
@@ -429,6 +463,10 @@ class _Count:
     requested: int = 0
     requested_5xx: int = 0
     requested_connection_errors: int = 0
+    # Of the above, what went through the pinned backend: the sticky cookie chose.
+    pinned: int = 0
+    pinned_5xx: int = 0
+    pinned_connection_errors: int = 0
 
     def __add__(self, other: _Count) -> _Count:
         return _Count(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
@@ -450,6 +488,9 @@ def _fields(count: _Count) -> tuple[int, ...]:
         count.requested,
         count.requested_5xx,
         count.requested_connection_errors,
+        count.pinned,
+        count.pinned_5xx,
+        count.pinned_connection_errors,
     )
 
 
@@ -458,9 +499,10 @@ def _num(row: Mapping[str, str], key: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _count_of(row: Mapping[str, str], *, requested: bool = False) -> _Count:
+def _count_of(row: Mapping[str, str], *, requested: bool = False, pinned: bool = False) -> _Count:
     """A server's counters: attempts routed to it, and how many failed at connection level;
-    `requested` for a server of the canary-header backend, whose requests clients chose.
+    `requested` for a server of the canary-header backend, whose requests clients chose,
+    `pinned` for one of the pinned backend, whose requests the sticky cookie routed.
 
     A failed attempt that HAProxy retried or redispatched (wretr, wredis) cost the client
     nothing, but still counts against the server's release: otherwise a canary refusing
@@ -475,14 +517,21 @@ def _count_of(row: Mapping[str, str], *, requested: bool = False) -> _Count:
         responses=responses,
         retries=retried,
     )
-    if not requested:
-        return count
-    return replace(
-        count,
-        requested=count.requests,
-        requested_5xx=count.errors_5xx,
-        requested_connection_errors=count.connection_errors,
-    )
+    if requested:
+        return replace(
+            count,
+            requested=count.requests,
+            requested_5xx=count.errors_5xx,
+            requested_connection_errors=count.connection_errors,
+        )
+    if pinned:
+        return replace(
+            count,
+            pinned=count.requests,
+            pinned_5xx=count.errors_5xx,
+            pinned_connection_errors=count.connection_errors,
+        )
+    return count
 
 
 @dataclass
@@ -618,10 +667,10 @@ class HAProxyRouter:
             verified = self._verified.get(service)
             if verified and verified[:2] == (table, self._pid) and now - verified[2] < VERIFY_EVERY:
                 return  # applied as asked, and HAProxy found so, moments ago
-            live_main, live_canary = await self._live_slots(route)
+            live_main, live_canary, live_pinned = await self._live_slots(route)
             assignment = assign_slots(table.members, live_main, route.slots)
             layout = desired_layout(route, table, assignment)
-            commands = plan_commands(service, layout, live_main, live_canary)
+            commands = plan_commands(service, layout, live_main, live_canary, live_pinned)
             routing = _Routing(table, assignment)
             if self._routing.get(service) != routing:
                 # Persist the desired state first: a HAProxy that dies from here on
@@ -673,12 +722,16 @@ class HAProxyRouter:
         return {r: (100.0 * w / total if total else 0.0) for r, w in totals.items()}
 
     async def active_sessions(self, service: str, instance_id: str) -> int:
-        """Requests in flight or queued on that member, over both backends."""
+        """Requests in flight or queued on that member, over all of its backends."""
         routing = self._routing.get(service)
         if routing is None or instance_id not in routing.assignment:
             return 0
         k = routing.assignment[instance_id]
-        backends = {backend_name(service), canary_backend_name(service)}
+        backends = {
+            backend_name(service),
+            canary_backend_name(service),
+            pinned_backend_name(service),
+        }
         return sum(
             _num(row, "scur") + _num(row, "qcur")
             for row in await self.runtime.stat()
@@ -695,7 +748,10 @@ class HAProxyRouter:
         (also in `extra["retries"]`); `extra["responses"]` counts HTTP responses;
         `extra["requested"]`, `extra["requested_5xx"]` and
         `extra["requested_connection_errors"]` are the part of those figures that went
-        through the canary-header backend: requests clients chose to send to the release.
+        through the canary-header backend: requests clients chose to send to the release;
+        `extra["pinned"]`, `extra["pinned_5xx"]` and `extra["pinned_connection_errors"]`
+        the part that went through a sticky service's pinned backend: requests its cookie
+        kept on the release its client's first request went to.
         """
         if service not in self._routing:
             return {}
@@ -727,6 +783,9 @@ class HAProxyRouter:
                     "requested": c.requested,
                     "requested_5xx": c.requested_5xx,
                     "requested_connection_errors": c.requested_connection_errors,
+                    "pinned": c.pinned,
+                    "pinned_5xx": c.pinned_5xx,
+                    "pinned_connection_errors": c.pinned_connection_errors,
                 },
             )
             for r, c in totals.items()
@@ -950,20 +1009,26 @@ class HAProxyRouter:
 
     async def _live_slots(
         self, route: ServiceRoute
-    ) -> tuple[dict[int, ServerState], dict[int, ServerState]]:
+    ) -> tuple[dict[int, ServerState], dict[int, ServerState], dict[int, ServerState] | None]:
+        """The live slots of the service's main, canary-header and pinned backends (None:
+        a service that is not sticky has no pinned backend)."""
         main: dict[int, ServerState] = {}
         canary: dict[int, ServerState] = {}
-        main_name, canary_name = backend_name(route.name), canary_backend_name(route.name)
-        for backend, slots in ((main_name, main), (canary_name, canary)):
-            if backend == canary_name and not route.canary_header:
-                continue
+        pinned: dict[int, ServerState] | None = {} if route.sticky else None
+        main_name = backend_name(route.name)
+        backends = [(main_name, main)]
+        if route.canary_header:
+            backends.append((canary_backend_name(route.name), canary))
+        if pinned is not None:
+            backends.append((pinned_backend_name(route.name), pinned))
+        for backend, slots in backends:
             for state in await self.runtime.servers_state(backend):
                 k = _slot_index(state.name)
                 if k is not None and state.backend == backend:
                     slots[k] = state
         if not main:
             raise RouterError(f"HAProxy has no backend {main_name}: call ensure first")
-        return main, canary
+        return main, canary, pinned
 
     async def _reassign_counts(
         self, service: str, table: RouteTable, assignment: Mapping[str, int]
@@ -1211,15 +1276,20 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def _slot_counts(rows: Sequence[Mapping[str, str]], service: str) -> dict[int, _Count]:
-    """Each slot's counters over the service's two backends, from `show stat` rows."""
-    backends = {backend_name(service): False, canary_backend_name(service): True}
+    """Each slot's counters over the service's backends, from `show stat` rows."""
+    backends = {  # backend -> (requested, pinned)
+        backend_name(service): (False, False),
+        canary_backend_name(service): (True, False),
+        pinned_backend_name(service): (False, True),
+    }
     counts: dict[int, _Count] = {}
     for row in rows:
-        requested = backends.get(row.get("pxname", ""))
-        if requested is not None:
+        kind = backends.get(row.get("pxname", ""))
+        if kind is not None:
             k = _slot_index(row.get("svname", ""))
             if k is not None:
-                counts[k] = counts.get(k, _Count()) + _count_of(row, requested=requested)
+                count = _count_of(row, requested=kind[0], pinned=kind[1])
+                counts[k] = counts.get(k, _Count()) + count
     return counts
 
 
