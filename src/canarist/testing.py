@@ -163,8 +163,9 @@ class FakeMetrics:
     """Counts a test sets by hand, per release; `reset` starts them again from zero."""
 
     def __init__(self) -> None:
-        # service -> release -> (requests, failures, requested, requested failures)
-        self.counts: dict[str, dict[str, tuple[int, int, int, int]]] = {}
+        # service -> release -> (requests, failures, requested, requested failures,
+        # pinned, pinned failures)
+        self.counts: dict[str, dict[str, tuple[int, ...]]] = {}
         self.latencies: dict[str, dict[str, list[float]]] = {}
         self.resets: list[str] = []
         # (service, release) -> every (requests, failures) added, for `recent`.
@@ -185,15 +186,19 @@ class FakeMetrics:
         latencies_ms: tuple[float, ...] = (),
         *,
         requested: bool = False,
+        pinned: bool = False,
     ) -> None:
         """More requests (and failures, and fresh latencies) for a release; `requested`:
-        sent by clients with the canary header (their latencies are not sampled)."""
-        n, f, rn, rf = self.counts.setdefault(service, {}).get(release, (0, 0, 0, 0))
+        sent by clients with the canary header, `pinned`: kept on the release by a sticky
+        cookie (neither's latencies are sampled)."""
+        n, f, rn, rf, pn, pf = self.counts.setdefault(service, {}).get(release, (0,) * 6)
         if requested:
             rn, rf = rn + requests, rf + failures
-        self.counts[service][release] = (n + requests, f + failures, rn, rf)
+        if pinned:
+            pn, pf = pn + requests, pf + failures
+        self.counts[service][release] = (n + requests, f + failures, rn, rf, pn, pf)
         self.added.setdefault((service, release), []).append((requests, failures))
-        if requested:
+        if requested or pinned:
             return
         self.latency_log.setdefault((service, release), []).extend(latencies_ms)
         self.latencies.setdefault(service, {}).setdefault(release, []).extend(latencies_ms)
@@ -209,9 +214,17 @@ class FakeMetrics:
         fresh = self.latencies.pop(service, {})
         return {
             release: ReleaseWindow(
-                n, f, tuple(fresh.get(release, ())), len(fresh.get(release, ())), 1.0, rn, rf
+                n,
+                f,
+                tuple(fresh.get(release, ())),
+                len(fresh.get(release, ())),
+                1.0,
+                rn,
+                rf,
+                pn,
+                pf,
             )
-            for release, (n, f, rn, rf) in self.counts.get(service, {}).items()
+            for release, (n, f, rn, rf, pn, pf) in self.counts.get(service, {}).items()
         }
 
     async def recent(self, service: str, release: str, seconds: float) -> tuple[int, int] | None:

@@ -128,6 +128,41 @@ async def test_only_the_services_being_judged_are_read_in_full(tmp_path: Path) -
     assert blue_green.metrics.attended == frozenset()
 
 
+@pytest.mark.parametrize("canary_error", [0.005, 0.2])
+async def test_requests_a_sticky_cookie_pins_are_left_out_on_both_sides(
+    tmp_path: Path, canary_error: float
+) -> None:
+    """With sticky sessions a client's requests follow its first. A client that fails on
+    every release (here 4 requests a second, all failing), pinned to a healthy canary,
+    must not get it rolled back: the requests its cookie routed are left out of the
+    comparison, the baseline's pinned ones too. A canary that does fail more is still
+    rolled back on the requests the split sent it."""
+    world = world_with(tmp_path, extra="    sticky: true\n")
+    await start_canary(world)
+    rng = random.Random(3)
+    for _ in range(400):
+        weights = world.status()["weights"]
+        for release, percent in weights.items():
+            n = round(400 * 0.25 * percent / 100)
+            p = canary_error if release == world.v2 else 0.005
+            failures = sum(1 for _ in range(n) if rng.random() < p)
+            world.metrics.add("web", release, n // 2, failures // 2)
+            world.metrics.add("web", release, n - n // 2, failures - failures // 2, pinned=True)
+        if world.v2 in weights:
+            world.metrics.add("web", world.v2, 1, 1, pinned=True)  # the client failing anywhere
+        await world.settle(1, step=0.25)
+        if world.status()["phase"] not in ("progressing", "paused"):
+            break
+    history = world.engine.history("web")[0]
+    if canary_error > 0.01:
+        assert history["phase"] == "rolled_back", history
+        assert "sequential judge" in history["reason"]
+    else:
+        assert history["phase"] == "promoted", history
+    counters = world.status()["counters"]
+    assert counters[world.v1]["pinned"] > 0  # shown apart in status --json
+
+
 async def test_too_little_traffic_never_passes_by_default(tmp_path: Path) -> None:
     """With no traffic, the analyze step waits past its time: not enough data is no pass."""
     world = world_with(tmp_path)

@@ -1064,6 +1064,9 @@ class Engine:
                     # of which sent with the canary header (clients' choice, not the split)
                     "requested": w.requested,
                     "requested_failures": w.requested_failures,
+                    # of which kept on the release by a sticky service's cookie
+                    "pinned": w.pinned,
+                    "pinned_failures": w.pinned_failures,
                 }
                 for release, w in window.items()
             },

@@ -70,10 +70,11 @@ class Watch:
     _recent_ms_unstored: tuple[float, ...] = ()  # stored once, with the next row
     # Latencies judged since the last stored row, to be stored with the next one.
     unstored: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
-    # The canary's requests and failures sent by the canary header: as last seen in the
-    # window, and those left out of the judged counts (while the split was random).
-    _requested_seen: tuple[int, int] = (0, 0)
-    _left_out: tuple[int, int] = (0, 0)
+    # The requests and failures whose release the clients chose (the canary header, a
+    # sticky cookie), the canary's then the baseline's: as last seen in the window, and
+    # those left out of the judged counts (while the split was random).
+    _chosen_seen: tuple[int, ...] = (0, 0, 0, 0)
+    _left_out: tuple[int, ...] = (0, 0, 0, 0)
     _stored_outcome: str | None = None  # the verdict when the latest row was stored
     # After a window was taken up: its counts at the last row, which the first reading of
     # it is checked against (None once one has been).
@@ -135,9 +136,9 @@ class Watch:
         if window_continues and last.window is not None:
             # Judged counts are offset + window - left out: the same window goes on, so
             # the offset is what the last row judged less what its window had counted.
-            w = last.window
+            w = _full_window(last.window)
             watch.offset = _offset(last, w[:4])
-            watch._requested_seen = (w[4], w[5])
+            watch._chosen_seen = w[4:]
             watch._window_floor = w
         return watch
 
@@ -170,41 +171,52 @@ class Watch:
         if self._window_floor is not None:
             if canary is None and baseline is None:
                 return self.verdict  # the window taken up has not been read yet
-            requested = (canary.requested, canary.requested_failures) if canary else (0, 0)
-            now_seen = (c.requests, c.failures, b.requests, b.failures, *requested)
+            chosen = _chosen(canary, baseline)
+            now_seen = (c.requests, c.failures, b.requests, b.failures, *chosen)
             if any(n < f for n, f in zip(now_seen, self._window_floor, strict=True)):
                 # Behind the window taken up (it should not be): count on from the last
                 # row, from this reading, rather than let the counts go back.
                 self.offset = _offset(self.persisted or NOTHING, now_seen[:4])
-                self._requested_seen = requested
+                self._chosen_seen = chosen
             self._window_floor = None
-        self._leave_out_requested(canary, canary_weight)
+        self._leave_out_chosen(canary, baseline, canary_weight)
         o, left_out = self.offset, self._left_out
         row = ObservationRow(
             now,
             o.canary_requests + c.requests - left_out[0],
             o.canary_failures + c.failures - left_out[1],
-            o.baseline_requests + b.requests,
-            o.baseline_failures + b.failures,
+            o.baseline_requests + b.requests - left_out[2],
+            o.baseline_failures + b.failures - left_out[3],
             canary_weight=canary_weight,
             baseline_recent=self.baseline_recent,
             baseline_recent_ms=self.baseline_recent_ms,
-            window=(c.requests, c.failures, b.requests, b.failures, *self._requested_seen),
+            window=(c.requests, c.failures, b.requests, b.failures, *self._chosen_seen),
         )
         self.unstored[0].extend(c.latencies_ms)
         self.unstored[1].extend(b.latencies_ms)
         return self._judge(row, c.latencies_ms, b.latencies_ms)
 
-    def _leave_out_requested(self, canary: ReleaseWindow | None, weight: float | None) -> None:
-        """While the canary shares traffic with the baseline, the requests that clients
-        sent it with the canary header are no random sample of the traffic (testers try
-        what they like): they are left out of the comparison. With the canary alone, or
-        on nothing but such requests, they are what there is to judge."""
-        seen = (canary.requested, canary.requested_failures) if canary else (0, 0)
-        new = (seen[0] - self._requested_seen[0], seen[1] - self._requested_seen[1])
-        self._requested_seen = seen
-        if weight not in (0.0, 1.0) and min(new) >= 0:
-            self._left_out = (self._left_out[0] + new[0], self._left_out[1] + new[1])
+    def _leave_out_chosen(
+        self, canary: ReleaseWindow | None, baseline: ReleaseWindow | None, weight: float | None
+    ) -> None:
+        """While the canary shares traffic with the baseline, the requests whose release
+        the clients chose are no random sample of the traffic: those sent to the canary
+        with the canary header (testers try what they like), and a sticky service's
+        requests its cookie kept on either release (a client that fails everywhere,
+        pinned to the canary, would weigh against it). They are left out of the
+        comparison, on both sides. With the canary alone, or on nothing but such
+        requests, they are what there is to judge."""
+        seen = _chosen(canary, baseline)
+        new = [now - before for now, before in zip(seen, self._chosen_seen, strict=True)]
+        self._chosen_seen = seen
+        if weight in (0.0, 1.0):
+            return
+        left_out = list(self._left_out)
+        for side in (0, 2):  # the canary's, the baseline's
+            if min(new[side : side + 2]) >= 0:
+                left_out[side] += new[side]
+                left_out[side + 1] += new[side + 1]
+        self._left_out = tuple(left_out)
 
     def _judge(
         self, row: ObservationRow, canary_ms: tuple[float, ...], baseline_ms: tuple[float, ...]
@@ -291,6 +303,27 @@ def _offset(judged: ObservationRow, window: tuple[int, ...]) -> ObservationRow:
         baseline_requests=judged.baseline_requests - window[2],
         baseline_failures=judged.baseline_failures - window[3],
     )
+
+
+def _chosen(canary: ReleaseWindow | None, baseline: ReleaseWindow | None) -> tuple[int, ...]:
+    """Requests and failures whose release the clients chose (canary header, sticky
+    cookie): the canary's, then the baseline's."""
+    counts: list[int] = []
+    for window in (canary, baseline):
+        if window is None:
+            counts += [0, 0]
+        else:
+            counts += [
+                window.requested + window.pinned,
+                window.requested_failures + window.pinned_failures,
+            ]
+    return tuple(counts)
+
+
+def _full_window(window: tuple[int, ...]) -> tuple[int, ...]:
+    """A stored row's window counts with the baseline's chosen part (rows written before
+    it was counted have the canary's only: nothing of the baseline's was left out)."""
+    return tuple(window) + (0,) * (8 - len(window))
 
 
 def _thinned(values: list[float]) -> tuple[float, ...]:

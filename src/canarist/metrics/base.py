@@ -31,6 +31,11 @@ class ReleaseWindow:
     # a provider that cannot tell.
     requested: int = 0
     requested_failures: int = 0
+    # Of `requests` and `failures`, those a sticky service's cookie kept on the release
+    # its client's first request went to: the client chose, not the split. 0 from a
+    # provider that cannot tell.
+    pinned: int = 0
+    pinned_failures: int = 0
 
 
 class Metrics(Protocol):

@@ -35,8 +35,10 @@ What is measured, and how:
 
   What went through the service's canary-header backend is also counted apart
   (`requested`, `requested_failures`): requests clients chose to send to the release,
-  testers' mostly, which the judge must not take for a random sample of the traffic. For
-  the same reason their log lines give no latency samples.
+  testers' mostly, which the judge must not take for a random sample of the traffic. So
+  is what went through a sticky service's pinned backend (`pinned`, `pinned_failures`):
+  requests its cookie kept on the release its client's first request went to. For the
+  same reason their log lines give no latency samples (the pinned backend logs none).
 
 - **Latency** comes from HAProxy's request logs (`option httplog`), which the router
   sends, when built with `log_target=log_target(state_dir)`, to a unix datagram socket
@@ -101,6 +103,7 @@ from canarist.routers.haproxy import (
     HAProxyRouter,
     backend_name,
     canary_backend_name,
+    pinned_backend_name,
     read_json,
     write_atomic,
 )
@@ -222,12 +225,14 @@ class Reservoir:
 
 @dataclass(frozen=True)
 class Tally:
-    """Cumulative requests and failures, and the part of them clients asked for."""
+    """Cumulative requests and failures, and the parts of them clients chose."""
 
     requests: int = 0
     failures: int = 0
     requested: int = 0  # of the requests, those sent to the release by the canary header
     requested_failures: int = 0
+    pinned: int = 0  # of the requests, those a sticky service's cookie routed
+    pinned_failures: int = 0
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -259,15 +264,25 @@ def failure_tally(requests: int, errors_5xx: int, connection_errors: int) -> Tal
 
 
 def counters_tally(counters: ReleaseCounters) -> Tally:
-    """A release's tally from the router's counters, the canary header's part included."""
+    """A release's tally from the router's counters, the canary header's and the sticky
+    cookie's parts included."""
     extra = counters.extra
-    asked = failure_tally(
-        extra.get("requested", 0),
-        extra.get("requested_5xx", 0),
-        extra.get("requested_connection_errors", 0),
+    asked, pinned = (
+        failure_tally(
+            extra.get(part, 0),
+            extra.get(f"{part}_5xx", 0),
+            extra.get(f"{part}_connection_errors", 0),
+        )
+        for part in ("requested", "pinned")
     )
     total = failure_tally(counters.requests, counters.errors_5xx, counters.connection_errors)
-    return replace(total, requested=asked.requests, requested_failures=asked.failures)
+    return replace(
+        total,
+        requested=asked.requests,
+        requested_failures=asked.failures,
+        pinned=pinned.requests,
+        pinned_failures=pinned.failures,
+    )
 
 
 # How long, and how finely, each release's totals are remembered for `recent`.
@@ -370,7 +385,8 @@ class HAProxyMetrics:
         self._rng = random.Random(seed)
         self._services: dict[str, _Service] = {}
         self._backends: dict[str, str] = {}  # backend name -> service
-        self._requested_backends: set[str] = set()  # the services' canary-header backends
+        # The services' canary-header and pinned backends: clients chose their releases.
+        self._requested_backends: set[str] = set()
         self._releases: dict[tuple[str, int], str] = {}  # (service, slot) -> release, or last
         self._read_at = 0.0
         self._poll_lock = asyncio.Lock()
@@ -611,6 +627,8 @@ class HAProxyMetrics:
                 failures=count.failures,
                 requested=count.requested,
                 requested_failures=count.requested_failures,
+                pinned=count.pinned,
+                pinned_failures=count.pinned_failures,
                 latencies_ms=sample.values() if sample else (),
                 latency_count=sample.seen if sample else 0,
                 at=self._read_at,
@@ -713,6 +731,8 @@ class HAProxyMetrics:
             self._backends[backend_name(service)] = service
             self._backends[canary_backend_name(service)] = service
             self._requested_backends.add(canary_backend_name(service))
+            self._backends[pinned_backend_name(service)] = service
+            self._requested_backends.add(pinned_backend_name(service))
             for k, release in slots.items():
                 self._releases[(service, k)] = release
         return routes
@@ -830,5 +850,5 @@ def _floats(kind: str, text: str) -> list[float]:
     return values.tolist()
 
 
-def _counts(tally: Tally) -> tuple[int, int, int, int]:
-    return tally.requests, tally.failures, tally.requested, tally.requested_failures
+def _counts(tally: Tally) -> tuple[int, ...]:
+    return astuple(tally)

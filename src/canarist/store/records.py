@@ -70,10 +70,11 @@ class ObservationRow(NamedTuple):
     baseline_recent: tuple[int, int] | None = None
     baseline_recent_ms: tuple[float, ...] = ()  # the baseline's latest latencies, when fetched
     # The metrics window's own counts behind the row: canary requests and failures,
-    # baseline requests and failures, and the canary's requests (and failures) sent by
-    # the canary header; None when not known. A restarted controller that takes the
-    # window up again counts on from them.
-    window: tuple[int, int, int, int, int, int] | None = None
+    # baseline requests and failures, then the requests (and failures) whose release the
+    # clients chose (canary header, sticky cookie), the canary's and the baseline's (rows
+    # stored before the baseline's was counted have six); None when not known. A
+    # restarted controller that takes the window up again counts on from them.
+    window: tuple[int, ...] | None = None
 
     @property
     def counts(self) -> tuple[int, int, int, int]:

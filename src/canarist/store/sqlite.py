@@ -105,11 +105,13 @@ def _unfloats(blob: bytes) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _window_counts(text: str | None) -> tuple[int, int, int, int, int, int] | None:
+def _window_counts(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
-    a, b, c, d, e, f = (int(v) for v in json.loads(text))
-    return a, b, c, d, e, f
+    counts = tuple(int(v) for v in json.loads(text))
+    if len(counts) not in (6, 8):
+        raise ValueError(f"window counts: {len(counts)} of them")
+    return counts
 
 
 class StoreError(CanaristError):
