@@ -38,6 +38,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             self.reply(200, b"ok\\n", "text/plain")
             return
+        if self.path == "/broken":  # broken in every release: its callers fail anywhere
+            self.reply(500, b'{{"error": "broken everywhere"}}\\n', "application/json")
+            return
         if DELAY and time.monotonic() - STARTED >= DELAY_FROM:
             time.sleep(DELAY)
         if ERROR_RATE and random.random() < ERROR_RATE:

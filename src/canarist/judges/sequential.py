@@ -126,7 +126,8 @@ Guarantees and defaults
 Assumptions: requests are split between the releases independently of how likely they
 are to fail (by weight, not by a client property that also drives failures: with sticky
 sessions a client's later requests follow its first, so a client that fails everywhere
-and is pinned to the canary weighs against it); the
+and is pinned to the canary would weigh against it, which is why the controller leaves
+the requests a sticky cookie routes out of the comparison); the
 canary's traffic share holds steady within a block. That one matters: were the share to
 rise inside a block just as an outage hit both releases, the outage's failures would
 fall on the canary more often than the block's successes do. So when the caller says
