@@ -150,6 +150,19 @@ async def hit(
     return seen
 
 
+def counting_queries(router: HAProxyRouter, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Runtime API commands the router sends from now on, as they are sent."""
+    queries: list[str] = []
+    query = router.runtime.query
+
+    async def counted(*commands: str) -> str:
+        queries.extend(commands)
+        return await query(*commands)
+
+    monkeypatch.setattr(router.runtime, "query", counted)
+    return queries
+
+
 def wait_dead(pid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -348,14 +361,8 @@ async def test_asking_again_for_the_same_routing_costs_nothing_and_meddling_is_u
     applied = {s.name: s.weight for s in await router.runtime.servers_state("be_web")}
     files = [router.config_path, router.state_dir / "routes.json"]
     written = [f.stat().st_mtime_ns for f in files]
-    queries: list[str] = []
     query = router.runtime.query
-
-    async def counted(*commands: str) -> str:
-        queries.extend(commands)
-        return await query(*commands)
-
-    monkeypatch.setattr(router.runtime, "query", counted)
+    queries = counting_queries(router, monkeypatch)
     started = time.monotonic()
     for _ in range(20):
         await router.apply(route.name, RouteTable(table.members, dict(table.weights)))
@@ -385,14 +392,7 @@ async def test_the_counters_of_every_service_come_from_one_read(
     await hit(web, 20)
     await hit(web, 4, path="/fail")
     await hit(api, 7)
-    queries: list[str] = []
-    query = router.runtime.query
-
-    async def counted(*commands: str) -> str:
-        queries.extend(commands)
-        return await query(*commands)
-
-    monkeypatch.setattr(router.runtime, "query", counted)
+    queries = counting_queries(router, monkeypatch)
     every = await router.routed_counters()
     assert [q for q in queries if q.startswith("show stat")] == ["show stat"]
 

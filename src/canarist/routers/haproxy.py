@@ -517,21 +517,17 @@ def _count_of(row: Mapping[str, str], *, requested: bool = False, pinned: bool =
         responses=responses,
         retries=retried,
     )
-    if requested:
-        return replace(
-            count,
-            requested=count.requests,
-            requested_5xx=count.errors_5xx,
-            requested_connection_errors=count.connection_errors,
-        )
-    if pinned:
-        return replace(
-            count,
-            pinned=count.requests,
-            pinned_5xx=count.errors_5xx,
-            pinned_connection_errors=count.connection_errors,
-        )
-    return count
+    part = "requested" if requested else "pinned" if pinned else None
+    if part is None:
+        return count
+    return replace(
+        count,
+        **{
+            part: count.requests,
+            f"{part}_5xx": count.errors_5xx,
+            f"{part}_connection_errors": count.connection_errors,
+        },
+    )
 
 
 @dataclass
