@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def project_up(
+    root: Path,
+    spec: str,
+    apps: Mapping[str, Path],
+    *,
+    labels: Mapping[str, str] | None = None,
+    first: str | None = None,
+) -> Iterator[tuple[Canarist, dict[str, str]]]:
+    """A project in `root` on a free port (`spec` has a `{port}` to fill): each app built
+    (its reference by name, with a label if given), the controller up and the `first`
+    app deployed. At the end everything is brought down, the controller killed if it
+    would not stop."""
+    port = free_port()
+    (root / "canarist.yaml").write_text(spec.format(port=port))
+    cli = Canarist(root, port)
+    refs = {}
+    for name, app in apps.items():
+        label = ("--label", labels[name]) if labels and name in labels else ()
+        refs[name] = cli("build", str(app), *label).stdout.strip().splitlines()[-1]
+    cli("up")
+    try:
+        if first is not None:
+            cli("deploy", "web", refs[first], "--wait")
+        yield cli, refs
+    finally:
+        pid = None
+        with contextlib.suppress(OSError, ValueError):
+            pid = cli.controller_pid()
+        cli("down", check=False, timeout=90)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @dataclass

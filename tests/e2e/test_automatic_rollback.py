@@ -18,7 +18,7 @@ import pytest
 from canarist.controller.engine import AFTERMATH_SECONDS
 from canarist.demo.load import Load
 from canarist.demo.sample import write_app
-from tests.e2e.harness import Canarist, free_port
+from tests.e2e.harness import Canarist, project_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.haproxy, pytest.mark.processes]
 
@@ -50,28 +50,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Canarist
     """v1 and a healthy v3 with 0.5 % errors, a bad v2 with 20 %, a v4 40 ms slower, a
     v6 40 ms slower from 4 s after it starts; v1 serving."""
     root: Path = tmp_path_factory.mktemp("analysis")
-    port = free_port()
-    (root / "canarist.yaml").write_text(SPEC.format(port=port))
-    cli = Canarist(root, port)
-    refs = {}
-    apps = (
-        ("v1", "1", 0.005, 0.0, 0.0),
-        ("bad", "2", BAD_ERROR, 0.0, 0.0),
-        ("good", "3", 0.005, 0.0, 0.0),
-        ("slow", "4", 0.005, 40.0, 0.0),
-        ("late", "6", 0.005, 40.0, LATE),
-    )
-    for name, version, error, delay, late in apps:
-        app = write_app(
+    apps = {
+        name: write_app(
             root / name, version=version, error_rate=error, delay_ms=delay, delay_from_s=late
         )
-        refs[name] = cli("build", str(app)).stdout.strip().splitlines()[-1]
-    cli("up")
-    try:
-        cli("deploy", "web", refs["v1"], "--wait")
-        yield cli, refs
-    finally:
-        cli("down", check=False, timeout=90)
+        for name, version, error, delay, late in (
+            ("v1", "1", 0.005, 0.0, 0.0),
+            ("bad", "2", BAD_ERROR, 0.0, 0.0),
+            ("good", "3", 0.005, 0.0, 0.0),
+            ("slow", "4", 0.005, 40.0, 0.0),
+            ("late", "6", 0.005, 40.0, LATE),
+        )
+    }
+    with project_up(root, SPEC, apps, first="v1") as up:
+        yield up
 
 
 def deploy_under_load(

@@ -14,7 +14,7 @@ import pytest
 
 from canarist.demo.load import Load
 from canarist.demo.sample import write_app
-from tests.e2e.harness import Canarist, free_port
+from tests.e2e.harness import Canarist, project_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.haproxy, pytest.mark.processes]
 
@@ -42,19 +42,9 @@ services:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Canarist, dict[str, str]]]:
     """A sticky service on v1; a healthy v2 (both fail 0.5 % of requests) to deploy."""
     root: Path = tmp_path_factory.mktemp("sticky")
-    port = free_port()
-    (root / "canarist.yaml").write_text(SPEC.format(port=port))
-    cli = Canarist(root, port)
-    refs = {}
-    for version in ("1", "2"):
-        app = write_app(root / f"v{version}", version=version, error_rate=0.005)
-        refs[version] = cli("build", str(app)).stdout.strip().splitlines()[-1]
-    cli("up")
-    try:
-        cli("deploy", "web", refs["1"], "--wait")
-        yield cli, refs
-    finally:
-        cli("down", check=False, timeout=90)
+    apps = {v: write_app(root / f"v{v}", version=v, error_rate=0.005) for v in ("1", "2")}
+    with project_up(root, SPEC, apps, first="1") as up:
+        yield up
 
 
 def test_a_client_failing_everywhere_pinned_to_the_canary_does_not_roll_it_back(
