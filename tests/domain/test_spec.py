@@ -56,6 +56,14 @@ def test_strategy_as_a_plain_name() -> None:
             "services:\n  web:\n    strategy: {steps: [{set_weight: 5, pause: 3}]}\n",
             "one of",
         ),
+        (
+            "services:\n  web: {}\n  web_pinned:\n    listen: 127.0.0.1:9001\n",
+            "service 'web_pinned': the name of 'web' followed by '_pinned' is taken",
+        ),
+        (
+            "services:\n  web_canary:\n    listen: 127.0.0.1:9001\n  web: {}\n",
+            "service 'web_canary': the name of 'web' followed by '_canary' is taken",
+        ),
     ],
 )
 def test_malformed_specs_are_one_clear_line(text: str, fragment: str) -> None:

@@ -14,6 +14,9 @@ from canarist.errors import ConfigError
 
 STRATEGY_KINDS = ("canary", "linear", "blue-green", "rolling", "all-at-once")
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+# A service served on this machine routes through HAProxy backends named after it with
+# these suffixes (the canary header's, the sticky cookie's): no other service may take them.
+RESERVED_SUFFIXES = ("_canary", "_pinned")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
 
@@ -210,6 +213,14 @@ class DeploymentSpec(_Model):
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> DeploymentSpec:
+        local = {n for n, s in self.services.items() if s.aws is None}
+        for name in sorted(local):
+            for suffix in RESERVED_SUFFIXES:
+                if name.endswith(suffix) and name.removesuffix(suffix) in local:
+                    raise ValueError(
+                        f"service {name!r}: the name of {name.removesuffix(suffix)!r} followed"
+                        f" by {suffix!r} is taken by that service's own routing; rename it"
+                    )
         seen: dict[tuple[str, int], str] = {}
         for name, service in self.services.items():
             if service.aws is not None:
