@@ -171,7 +171,7 @@ class Watch:
         if self._window_floor is not None:
             if canary is None and baseline is None:
                 return self.verdict  # the window taken up has not been read yet
-            chosen = _chosen(canary, baseline)
+            chosen = _chosen(canary, baseline, spec.pinned == "leave_out")
             now_seen = (c.requests, c.failures, b.requests, b.failures, *chosen)
             if any(n < f for n, f in zip(now_seen, self._window_floor, strict=True)):
                 # Behind the window taken up (it should not be): count on from the last
@@ -179,7 +179,7 @@ class Watch:
                 self.offset = _offset(self.persisted or NOTHING, now_seen[:4])
                 self._chosen_seen = chosen
             self._window_floor = None
-        self._leave_out_chosen(canary, baseline, canary_weight)
+        self._leave_out_chosen(spec, canary, baseline, canary_weight)
         o, left_out = self.offset, self._left_out
         row = ObservationRow(
             now,
@@ -197,16 +197,21 @@ class Watch:
         return self._judge(row, c.latencies_ms, b.latencies_ms)
 
     def _leave_out_chosen(
-        self, canary: ReleaseWindow | None, baseline: ReleaseWindow | None, weight: float | None
+        self,
+        spec: AnalysisSpec,
+        canary: ReleaseWindow | None,
+        baseline: ReleaseWindow | None,
+        weight: float | None,
     ) -> None:
         """While the canary shares traffic with the baseline, the requests whose release
         the clients chose are no random sample of the traffic: those sent to the canary
         with the canary header (testers try what they like), and a sticky service's
         requests its cookie kept on either release (a client that fails everywhere,
         pinned to the canary, would weigh against it). They are left out of the
-        comparison, on both sides. With the canary alone, or on nothing but such
-        requests, they are what there is to judge."""
-        seen = _chosen(canary, baseline)
+        comparison, on both sides (the pinned ones unless the spec says to judge them).
+        With the canary alone, or on nothing but such requests, they are what there is
+        to judge."""
+        seen = _chosen(canary, baseline, spec.pinned == "leave_out")
         new = [now - before for now, before in zip(seen, self._chosen_seen, strict=True)]
         self._chosen_seen = seen
         if weight in (0.0, 1.0):
@@ -305,17 +310,19 @@ def _offset(judged: ObservationRow, window: tuple[int, ...]) -> ObservationRow:
     )
 
 
-def _chosen(canary: ReleaseWindow | None, baseline: ReleaseWindow | None) -> tuple[int, ...]:
-    """Requests and failures whose release the clients chose (canary header, sticky
-    cookie): the canary's, then the baseline's."""
+def _chosen(
+    canary: ReleaseWindow | None, baseline: ReleaseWindow | None, pinned: bool = True
+) -> tuple[int, ...]:
+    """Requests and failures whose release the clients chose (canary header, and sticky
+    cookie unless not `pinned`): the canary's, then the baseline's."""
     counts: list[int] = []
     for window in (canary, baseline):
         if window is None:
             counts += [0, 0]
         else:
             counts += [
-                window.requested + window.pinned,
-                window.requested_failures + window.pinned_failures,
+                window.requested + (window.pinned if pinned else 0),
+                window.requested_failures + (window.pinned_failures if pinned else 0),
             ]
     return tuple(counts)
 

@@ -127,6 +127,11 @@ class AnalysisSpec(_Model):
     max_failed_requests: int | None = Field(default=None, ge=1)  # canary failures budget
     max_instance_failures: int = Field(default=3, ge=1)  # canary instances lost, then rollback
     alarms: list[str] = Field(default_factory=list)  # any of these in ALARM rolls back
+    # A sticky service's requests its cookie kept on their client's release: left out of
+    # the comparison (the false-rollback rate holds whatever the clients do), or judged as
+    # the split's (a decision on more requests, but a client that fails on every release,
+    # pinned to the canary, counts against it).
+    pinned: Literal["leave_out", "judge"] = "leave_out"
 
     @model_validator(mode="after")
     def _known_judge(self) -> AnalysisSpec:
