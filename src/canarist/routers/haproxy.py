@@ -616,6 +616,7 @@ class HAProxyRouter:
             for name in list(self._routing):
                 if name not in self._services:
                     del self._routing[name]
+                    self._verified.pop(name, None)
             self._reap()
             text = self._render()
             shape = shape_hash(services, log_target=self._log_target)
