@@ -38,7 +38,7 @@ def paused_status() -> dict[str, Any]:
             {"id": "i2", "release": CANARY, "state": "running"},
         ],
         "counters": {
-            STABLE: {"requests": 12, "failures": 1},
+            STABLE: {"requests": 12, "failures": 1, "pinned": 4},
             CANARY: {"requests": 30, "failures": 2, "requested": 5, "requested_failures": 1},
         },
     }
@@ -58,7 +58,8 @@ def test_status_shows_the_phase_and_the_reason_word_for_word() -> None:
     assert "no_data — not enough data [0 of 200]" in text
     assert "stable" in text and "canary" in text
     assert "30 (5 by header)" in text and "2 (1 by header)" in text  # the testers' part
-    assert "│ 12 " in text and "by header)" not in text.split("canary")[0]
+    assert "│ 12 (4 pinned) " in text  # what a sticky cookie kept on the release
+    assert "by header)" not in text.split("canary")[0]
 
 
 def test_history_shows_the_figures_behind_the_last_verdict() -> None:

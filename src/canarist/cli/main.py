@@ -394,16 +394,21 @@ def render_status(item: dict[str, Any]) -> Table:
             role,
             f"{item['weights'].get(release, 0)}%",
             f"{running}/{len(instances)}",
-            _with_requested(counts, "requests", "requested"),
-            _with_requested(counts, "failures", "requested_failures"),
+            _with_parts(counts, "requests", "requested", "pinned"),
+            _with_parts(counts, "failures", "requested_failures", "pinned_failures"),
         )
     return table
 
 
-def _with_requested(counts: dict[str, int], total: str, requested: str) -> str:
-    """A count, and how much of it came with the canary header, when any did."""
-    by_header = counts.get(requested, 0)
-    return f"{counts.get(total, 0)}" + (f" ({by_header} by header)" if by_header else "")
+def _with_parts(counts: dict[str, int], total: str, requested: str, pinned: str) -> str:
+    """A count, and how much of it came with the canary header or was kept on the release
+    by a sticky cookie, when any was."""
+    parts = [
+        f"{n} {how}"
+        for n, how in ((counts.get(requested, 0), "by header"), (counts.get(pinned, 0), "pinned"))
+        if n
+    ]
+    return f"{counts.get(total, 0)}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _simple(verb: str, service: str, config: Path | None, **extra: Any) -> None:
