@@ -704,6 +704,40 @@ async def test_a_restarted_controller_still_knows_the_minutes_before(
 
 @needs_haproxy
 @pytest.mark.haproxy
+async def test_a_controller_stopped_saves_what_its_history_gained_since_the_last_save(
+    router: HAProxyRouter, backend: StartBackend, state_dir: Path
+) -> None:
+    """The history is saved every 15 s (counts) and 60 s (latencies); a controller that is
+    stopped (SIGTERM, to be upgraded or restarted) saves the rest as it stops, so the
+    next one, adopting the same HAProxy, knows every request up to then."""
+    a1 = backend("a1")
+    route = service()
+    await router.ensure([route])
+    await router.apply(route.name, RouteTable((a1.member("A"),), {"A": 100}))
+    first = HAProxyMetrics(router, seed=1)
+    await first.start()
+    try:
+        await first.poll()  # saved at once, before any request; not again for 15 s
+        seen = await send(route, 40, workers=1)
+        await latencies(first, route.name, {"A": answered(seen, "a1")})
+        logged = await first.recent_latencies(route.name, "A", 600)
+    finally:
+        await first.stop()
+
+    again = HAProxyRouter(state_dir, log_target=log_target(state_dir))
+    await again.ensure([route])
+    second = HAProxyMetrics(again, seed=2)
+    await second.start()
+    try:
+        await second.poll()
+        assert await second.recent(route.name, "A", 600) == (40, 0)
+        assert len(await second.recent_latencies(route.name, "A", 600)) == len(logged) == 40
+    finally:
+        await second.stop()
+
+
+@needs_haproxy
+@pytest.mark.haproxy
 async def test_under_heavy_traffic_haproxy_logs_a_share_and_counts_stay_exact(
     router: HAProxyRouter, backend: StartBackend
 ) -> None:

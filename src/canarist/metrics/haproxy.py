@@ -425,12 +425,19 @@ class HAProxyMetrics:
         self._task = asyncio.create_task(self._poll_forever(), name="haproxy-metrics")
 
     async def stop(self) -> None:
-        """Stop polling, close the log socket and remove it."""
+        """Stop polling, close the log socket and remove it. What the history gained since
+        it was last saved is saved now, after a last read of the counters if HAProxy still
+        answers: a controller stopped to be upgraded or restarted loses none of it."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            with contextlib.suppress(RouterError):
+                await self.poll()
+            if self._polls:
+                self._history_saved_at = self._latencies_saved_at = float("-inf")
+                self._save_history(time.monotonic())
         sock, self._sock = self._sock, None
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
