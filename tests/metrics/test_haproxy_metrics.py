@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import shutil
@@ -358,6 +359,23 @@ async def metrics(router: HAProxyRouter) -> AsyncIterator[HAProxyMetrics]:
     assert not m.socket_path.exists()
 
 
+@contextlib.asynccontextmanager
+async def next_controller(
+    state_dir: Path, route: ServiceRoute, *, seed: int
+) -> AsyncIterator[HAProxyMetrics]:
+    """What a controller after the running one reads: a new router on the same state dir,
+    which adopts the HAProxy serving there, and a provider on it, started; stopped at
+    the end."""
+    router = HAProxyRouter(state_dir, log_target=log_target(state_dir))
+    await router.ensure([route])
+    metrics = HAProxyMetrics(router, seed=seed)
+    await metrics.start()
+    try:
+        yield metrics
+    finally:
+        await metrics.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -614,11 +632,7 @@ async def test_a_restarted_controller_takes_up_the_window_with_what_came_meanwhi
     await metrics.stop()  # the controller is gone; HAProxy serves on
     seen += await send(route, 40)
 
-    again = HAProxyRouter(state_dir, log_target=log_target(state_dir))
-    await again.ensure([route])
-    taken_up = HAProxyMetrics(again, seed=2)
-    await taken_up.start()
-    try:
+    async with next_controller(state_dir, route, seed=2) as taken_up:
         assert await taken_up.resume(route.name)
         seen += await send(route, 20)
         await taken_up.poll()
@@ -627,22 +641,14 @@ async def test_a_restarted_controller_takes_up_the_window_with_what_came_meanwhi
             "B": (answered(seen, "b1"), seen[("b1", 500)]),
         }
         assert sum(seen.values()) == 100
-    finally:
-        await taken_up.stop()
 
     (state_dir / "counts.json").unlink()
-    third = HAProxyRouter(state_dir, log_target=log_target(state_dir))
-    await third.ensure([route])
-    fresh = HAProxyMetrics(third, seed=3)
-    await fresh.start()
-    try:
+    async with next_controller(state_dir, route, seed=3) as fresh:
         assert not await fresh.resume(route.name)
         later = await send(route, 10)
         await fresh.poll()
         windows = counts(await fresh.snapshot(route.name))
         assert windows["A"][0] + windows["B"][0] == sum(later.values()) == 10
-    finally:
-        await fresh.stop()
 
 
 @needs_haproxy
@@ -672,11 +678,7 @@ async def test_a_restarted_controller_still_knows_the_minutes_before(
     assert before == (answered(seen, "b1"), seen[("b1", 500)])
     assert len(logged) == answered(seen, "a1")
 
-    again = HAProxyRouter(state_dir, log_target=log_target(state_dir))
-    await again.ensure([route])
-    second = HAProxyMetrics(again, seed=2)
-    await second.start()
-    try:
+    async with next_controller(state_dir, route, seed=2) as second:
         seen += await send(route, 20, workers=1)
         await second.poll()
         assert await second.recent(route.name, "B", 600) == (
@@ -686,20 +688,12 @@ async def test_a_restarted_controller_still_knows_the_minutes_before(
         assert (await second.recent_latencies(route.name, "A", 600))[: len(logged)] == (
             pytest.approx(logged, abs=1e-3)
         )
-    finally:
-        await second.stop()
 
     (state_dir / "counts.json").unlink()
-    third_router = HAProxyRouter(state_dir, log_target=log_target(state_dir))
-    await third_router.ensure([route])
-    third = HAProxyMetrics(third_router, seed=3)
-    await third.start()
-    try:
+    async with next_controller(state_dir, route, seed=3) as third:
         await third.poll()
         assert await third.recent(route.name, "B", 600) == (0, 0)
         assert await third.recent_latencies(route.name, "A", 600) == ()
-    finally:
-        await third.stop()
 
 
 @needs_haproxy
@@ -724,16 +718,10 @@ async def test_a_controller_stopped_saves_what_its_history_gained_since_the_last
     finally:
         await first.stop()
 
-    again = HAProxyRouter(state_dir, log_target=log_target(state_dir))
-    await again.ensure([route])
-    second = HAProxyMetrics(again, seed=2)
-    await second.start()
-    try:
+    async with next_controller(state_dir, route, seed=2) as second:
         await second.poll()
         assert await second.recent(route.name, "A", 600) == (40, 0)
         assert len(await second.recent_latencies(route.name, "A", 600)) == len(logged) == 40
-    finally:
-        await second.stop()
 
 
 @needs_haproxy
