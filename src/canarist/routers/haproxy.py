@@ -499,10 +499,11 @@ def _num(row: Mapping[str, str], key: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _count_of(row: Mapping[str, str], *, requested: bool = False, pinned: bool = False) -> _Count:
+def _count_of(row: Mapping[str, str], part: str | None = None) -> _Count:
     """A server's counters: attempts routed to it, and how many failed at connection level;
-    `requested` for a server of the canary-header backend, whose requests clients chose,
-    `pinned` for one of the pinned backend, whose requests the sticky cookie routed.
+    credited to `part` too: "requested" for a server of the canary-header backend, whose
+    requests clients chose, "pinned" for one of the pinned backend, whose requests the
+    sticky cookie routed.
 
     A failed attempt that HAProxy retried or redispatched (wretr, wredis) cost the client
     nothing, but still counts against the server's release: otherwise a canary refusing
@@ -517,7 +518,6 @@ def _count_of(row: Mapping[str, str], *, requested: bool = False, pinned: bool =
         responses=responses,
         retries=retried,
     )
-    part = "requested" if requested else "pinned" if pinned else None
     if part is None:
         return count
     return replace(
@@ -724,11 +724,7 @@ class HAProxyRouter:
         if routing is None or instance_id not in routing.assignment:
             return 0
         k = routing.assignment[instance_id]
-        backends = {
-            backend_name(service),
-            canary_backend_name(service),
-            pinned_backend_name(service),
-        }
+        backends = _slot_backends(service)
         return sum(
             _num(row, "scur") + _num(row, "qcur")
             for row in await self.runtime.stat()
@@ -1272,21 +1268,26 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _slot_backends(service: str) -> dict[str, str | None]:
+    """The backends a service's slot serves in, each with the part of the counts its
+    requests are credited to (see `_count_of`)."""
+    return {
+        backend_name(service): None,
+        canary_backend_name(service): "requested",
+        pinned_backend_name(service): "pinned",
+    }
+
+
 def _slot_counts(rows: Sequence[Mapping[str, str]], service: str) -> dict[int, _Count]:
     """Each slot's counters over the service's backends, from `show stat` rows."""
-    backends = {  # backend -> (requested, pinned)
-        backend_name(service): (False, False),
-        canary_backend_name(service): (True, False),
-        pinned_backend_name(service): (False, True),
-    }
+    backends = _slot_backends(service)
     counts: dict[int, _Count] = {}
     for row in rows:
-        kind = backends.get(row.get("pxname", ""))
-        if kind is not None:
+        pxname = row.get("pxname", "")
+        if pxname in backends:
             k = _slot_index(row.get("svname", ""))
             if k is not None:
-                count = _count_of(row, requested=kind[0], pinned=kind[1])
-                counts[k] = counts.get(k, _Count()) + count
+                counts[k] = counts.get(k, _Count()) + _count_of(row, backends[pxname])
     return counts
 
 
