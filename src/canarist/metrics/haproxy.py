@@ -344,6 +344,13 @@ class _Service:
         while len(history) > 1 and history[1][0] <= at - HISTORY_SECONDS:
             history.popleft()
 
+    def fallen(self) -> dict[str, Tally]:
+        """Per release, what the totals count beyond the router's figures: what those
+        figures lost when they fell (nothing, mostly). Saved history is in the router's
+        figures, so that a provider after this one can put it beside its own."""
+        apart = {r: t - self.seen.get(r, Tally()) for r, t in self.totals.items()}
+        return {r: t for r, t in apart.items() if t != Tally()}
+
 
 class HAProxyMetrics:
     """Per-release outcomes from a HAProxyRouter's HAProxy: counters read from `show stat`
@@ -433,11 +440,12 @@ class HAProxyMetrics:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(RouterError):
-                await self.poll()
-            if self._polls:
-                self._history_saved_at = self._latencies_saved_at = float("-inf")
-                self._save_history(time.monotonic())
+            self._history_saved_at = self._latencies_saved_at = float("-inf")  # now due
+            try:
+                await self.poll()  # which saves as it ends
+            except RouterError:
+                if self._polls:
+                    self._save_history(time.monotonic())
         sock, self._sock = self._sock, None
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
@@ -513,9 +521,7 @@ class HAProxyMetrics:
                 self._history_saved_for = requests
                 history: dict[str, object] = {}
                 for name, books in self._services.items():
-                    # Totals and the router's figures differ by what fell (nothing, mostly).
-                    apart = {r: t - books.seen.get(r, Tally()) for r, t in books.totals.items()}
-                    apart = {r: t for r, t in apart.items() if t != Tally()}
+                    apart = books.fallen()
                     history[name] = [
                         [
                             at,
@@ -552,10 +558,7 @@ class HAProxyMetrics:
         latencies = read_json(self._latencies_path)
         try:
             saved_history = {
-                name: [
-                    (float(at), {r: Tally(*map(int, t)) for r, t in totals.items()})
-                    for at, totals in entries
-                ]
+                name: [(float(at), _tallies(totals)) for at, totals in entries]
                 for name, entries in histories.items()
             }
             saved_latest = {
@@ -570,7 +573,7 @@ class HAProxyMetrics:
             return
         for name, history in saved_history.items():
             books = self._services.setdefault(name, _Service())
-            apart = {r: t - books.seen.get(r, Tally()) for r, t in books.totals.items()}
+            apart = books.fallen()
             books.history.extendleft(
                 (at, {r: t + apart.get(r, Tally()) for r, t in totals.items()})
                 for at, totals in reversed(history)
@@ -583,10 +586,7 @@ class HAProxyMetrics:
 
     def _load_window_starts(self) -> dict[str, dict[str, Tally]]:
         try:
-            return {
-                name: {r: Tally(*map(int, t)) for r, t in start.items()}
-                for name, start in read_json(self._windows_path).items()
-            }
+            return {name: _tallies(start) for name, start in read_json(self._windows_path).items()}
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("ignoring malformed %s: %s", self._windows_path, exc)
             return {}
@@ -859,3 +859,8 @@ def _floats(kind: str, text: str) -> list[float]:
 
 def _counts(tally: Tally) -> tuple[int, ...]:
     return astuple(tally)
+
+
+def _tallies(saved: Mapping[str, list[int]]) -> dict[str, Tally]:
+    """Per release, the tally saved as `_counts` gave it (an older, shorter one too)."""
+    return {release: Tally(*map(int, counts)) for release, counts in saved.items()}
