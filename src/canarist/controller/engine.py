@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from canarist.controller.watch import Watch
+from canarist.controller.watch import EMPTY_WINDOW, Watch
 from canarist.domain.plan import (
     Analyze,
     Pause,
@@ -412,7 +412,7 @@ class Engine:
                 watch.recorded = watch.verdict.outcome if watch.verdict else None
             else:
                 watch = runtime.watch = Watch.begin(svc.analysis, rollout.id, now)
-                watch.last = watch.persisted = watch.last._replace(at=now, window=(0,) * 6)
+                watch.last = watch.persisted = watch.last._replace(at=now, window=EMPTY_WINDOW)
                 self.store.add_observation(rollout.id, watch.last)
                 self.store.record(
                     rollout.service, "analysis.started", {"judge": watch.judge}, rollout.id

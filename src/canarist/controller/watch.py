@@ -37,6 +37,8 @@ from canarist.store.records import Checkpoint, ObservationRow
 log = logging.getLogger("canarist.controller")
 
 NOTHING = ObservationRow(0.0, 0, 0, 0, 0)
+# The window counts of a window just begun (see `ObservationRow.window`).
+EMPTY_WINDOW = (0,) * 8
 # Latencies kept per release and stored row: at four rows a second, 1,024 samples a
 # second per release, a few MB for a ten-minute analysis at any request rate.
 STORED_LATENCIES = 256
@@ -168,10 +170,10 @@ class Watch:
         """Judge the latest counts; returns the verdict (None without a judge).
         `canary_weight`: the canary's share of traffic the router has, if known."""
         c, b = _sample(canary), _sample(baseline)
+        chosen = _chosen(canary, baseline, spec.pinned == "leave_out")
         if self._window_floor is not None:
             if canary is None and baseline is None:
                 return self.verdict  # the window taken up has not been read yet
-            chosen = _chosen(canary, baseline, spec.pinned == "leave_out")
             now_seen = (c.requests, c.failures, b.requests, b.failures, *chosen)
             if any(n < f for n, f in zip(now_seen, self._window_floor, strict=True)):
                 # Behind the window taken up (it should not be): count on from the last
@@ -179,7 +181,7 @@ class Watch:
                 self.offset = _offset(self.persisted or NOTHING, now_seen[:4])
                 self._chosen_seen = chosen
             self._window_floor = None
-        self._leave_out_chosen(spec, canary, baseline, canary_weight)
+        self._leave_out_chosen(chosen, canary_weight)
         o, left_out = self.offset, self._left_out
         row = ObservationRow(
             now,
@@ -196,13 +198,7 @@ class Watch:
         self.unstored[1].extend(b.latencies_ms)
         return self._judge(row, c.latencies_ms, b.latencies_ms)
 
-    def _leave_out_chosen(
-        self,
-        spec: AnalysisSpec,
-        canary: ReleaseWindow | None,
-        baseline: ReleaseWindow | None,
-        weight: float | None,
-    ) -> None:
+    def _leave_out_chosen(self, seen: tuple[int, ...], weight: float | None) -> None:
         """While the canary shares traffic with the baseline, the requests whose release
         the clients chose are no random sample of the traffic: those sent to the canary
         with the canary header (testers try what they like), and a sticky service's
@@ -210,8 +206,7 @@ class Watch:
         pinned to the canary, would weigh against it). They are left out of the
         comparison, on both sides (the pinned ones unless the spec says to judge them).
         With the canary alone, or on nothing but such requests, they are what there is
-        to judge."""
-        seen = _chosen(canary, baseline, spec.pinned == "leave_out")
+        to judge. `seen`: those counts in the window now (`_chosen`)."""
         new = [now - before for now, before in zip(seen, self._chosen_seen, strict=True)]
         self._chosen_seen = seen
         if weight in (0.0, 1.0):
@@ -330,7 +325,7 @@ def _chosen(
 def _full_window(window: tuple[int, ...]) -> tuple[int, ...]:
     """A stored row's window counts with the baseline's chosen part (rows written before
     it was counted have the canary's only: nothing of the baseline's was left out)."""
-    return tuple(window) + (0,) * (8 - len(window))
+    return tuple(window) + (0,) * (len(EMPTY_WINDOW) - len(window))
 
 
 def _thinned(values: list[float]) -> tuple[float, ...]:
