@@ -97,8 +97,8 @@ class ScriptedRouter(HAProxyRouter):
     async def routed_counters(self) -> dict[str, dict[str, ReleaseCounters]]:
         return {s: dict(r) for s, r in self.figures.items()}
 
-    def slot_releases(self) -> dict[str, dict[int, str]]:
-        return {s: dict(m) for s, m in self.slots.items()}
+    def slot_releases(self, service: str | None = None) -> dict[str, dict[int, str]]:
+        return {s: dict(m) for s, m in self.slots.items() if service in (None, s)}
 
     def count(self, release: str, requests: int, failures: int = 0) -> None:
         self.figures.setdefault("web", {})[release] = ReleaseCounters(requests, failures)

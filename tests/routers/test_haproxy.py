@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -151,12 +152,13 @@ async def hit(
 
 
 def counting_queries(router: HAProxyRouter, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The Runtime API commands the router sends from now on, as they are sent."""
+    """The Runtime API queries the router makes from now on (one a connection, its commands
+    joined by ";"), as they are made."""
     queries: list[str] = []
     query = router.runtime.query
 
     async def counted(*commands: str) -> str:
-        queries.extend(commands)
+        queries.append(";".join(commands))  # one connection
         return await query(*commands)
 
     monkeypatch.setattr(router.runtime, "query", counted)
@@ -164,16 +166,25 @@ def counting_queries(router: HAProxyRouter, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def wait_dead(pid: int, timeout: float = 5.0) -> None:
+    """Until every thread of the process has exited (its first thread is a zombie while
+    the others are still being killed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
         except OSError:
             return
-        if state in ("Z", "X"):
+        if all(_exited(task) for task in tasks):
             return
         time.sleep(0.01)
     raise AssertionError(f"process {pid} still alive")
+
+
+def _exited(task: Path) -> bool:
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 async def test_traffic_split_matches_weights(
@@ -350,11 +361,12 @@ async def test_apply_moves_only_what_changed(
 async def test_asking_again_for_the_same_routing_costs_nothing_and_meddling_is_undone(
     router: HAProxyRouter, backends: StartBackends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The controller asks for every service's routing at every tick. Asked again for what
-    it just applied, the router neither queries HAProxy nor rewrites its files; it looks
-    again within VERIFY_EVERY, and undoes a change made behind its back."""
+    """The controller asks for every service's HAProxy and routing at every tick. Asked
+    again for what it just ensured and applied, the router neither queries HAProxy nor
+    rewrites its files; it looks again within VERIFY_EVERY (the service's backends in one
+    query), and undoes a change made behind its back."""
     a1, b1 = backends("a1", "b1")
-    route = service()
+    route = service(sticky=True)  # three backends: main, canary header, pinned
     await router.ensure([route])
     table = RouteTable((a1.member("A"), b1.member("B")), {"A": 90, "B": 10})
     await router.apply(route.name, table)
@@ -365,6 +377,7 @@ async def test_asking_again_for_the_same_routing_costs_nothing_and_meddling_is_u
     queries = counting_queries(router, monkeypatch)
     started = time.monotonic()
     for _ in range(20):
+        await router.ensure([replace(route)])
         await router.apply(route.name, RouteTable(table.members, dict(table.weights)))
     assert time.monotonic() - started < haproxy_module.VERIFY_EVERY
     assert queries == []
@@ -374,6 +387,11 @@ async def test_asking_again_for_the_same_routing_costs_nothing_and_meddling_is_u
     await query("set server be_web/s0 weight 0")
     await asyncio.sleep(haproxy_module.VERIFY_EVERY)
     await router.apply(route.name, table)
+    looked = [q for q in queries if q.startswith("show servers state")]
+    assert looked == [
+        "show servers state be_web;show servers state be_web_canary;"
+        "show servers state be_web_pinned"
+    ]
     assert {s.name: s.weight for s in await router.runtime.servers_state("be_web")} == applied
     assert [f.stat().st_mtime_ns for f in files] == written  # the routing itself is the same
     assert await router.read_weights(route.name) == {"A": 90.0, "B": 10.0}
@@ -394,12 +412,16 @@ async def test_the_counters_of_every_service_come_from_one_read(
     await hit(api, 7)
     queries = counting_queries(router, monkeypatch)
     every = await router.routed_counters()
-    assert [q for q in queries if q.startswith("show stat")] == ["show stat"]
+    assert len([q for q in queries if q.startswith("show stat")]) == 1
 
     assert every == {"web": await router.counters("web"), "api": await router.counters("api")}
     assert every["web"]["A"].requests == every["web"]["B"].requests == 12
     assert every["web"]["A"].errors_5xx == every["web"]["B"].errors_5xx == 2
     assert every["api"]["C"].requests == 7 and every["api"]["C"].errors_5xx == 0
+    # Only the rows of occupied slots are parsed; they are the rows of the whole answer.
+    pairs = {("be_web", "s0"), ("be_api_canary", "s1")}
+    whole = [r for r in await router.runtime.stat() if (r["pxname"], r["svname"]) in pairs]
+    assert len(whole) == 2 and await router.runtime.stat(pairs) == whole
 
 
 async def test_canary_header_forces_the_canary(

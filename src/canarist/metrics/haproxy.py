@@ -621,7 +621,7 @@ class HAProxyMetrics:
     async def snapshot(self, service: str) -> dict[str, ReleaseWindow]:
         """Each release's counts in the window, as of the last read, and the latencies
         logged since the previous snapshot. Routed releases appear, with zeros if idle."""
-        routed = set(self._refresh_routes().get(service, {}).values())
+        routed = set(self._refresh_routes(service).get(service, {}).values())
         books = self._services.get(service, _Service())
         windows: dict[str, ReleaseWindow] = {}
         for release in sorted(set(books.totals) | set(books.latency) | routed):
@@ -697,7 +697,7 @@ class HAProxyMetrics:
             lines = per_release = self.idle_log_lines
         want = log_shares(rates, lines=lines, per_release=per_release)
         have = self.router.log_shares(service)
-        slots = self.router.slot_releases().get(service, {})
+        slots = self.router.slot_releases(service).get(service, {})
         # A slot's share changes when it is off by a quarter or more, or back to all:
         # not a Runtime API call every second.
         changed = {
@@ -730,10 +730,11 @@ class HAProxyMetrics:
                 failing = False
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
-    def _refresh_routes(self) -> dict[str, dict[int, str]]:
-        """Learn which release each slot serves now, and return that; a freed slot keeps
-        naming its last one, so the requests a drained member finishes stay its release's."""
-        routes = self.router.slot_releases()
+    def _refresh_routes(self, service: str | None = None) -> dict[str, dict[int, str]]:
+        """Learn which release each slot of every service (or of that one) serves now, and
+        return that; a freed slot keeps naming its last one, so the requests a drained
+        member finishes stay its release's."""
+        routes = self.router.slot_releases(service)
         for service, slots in routes.items():
             self._backends[backend_name(service)] = service
             self._backends[canary_backend_name(service)] = service

@@ -31,7 +31,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from math import floor
@@ -597,6 +597,8 @@ class HAProxyRouter:
         # service -> (table, HAProxy PID, time.monotonic()) of the last apply that left
         # HAProxy as the table asks
         self._verified: dict[str, tuple[RouteTable, int | None, float]] = {}
+        # The services last ensured, on which HAProxy, and when.
+        self._ensured: tuple[tuple[ServiceRoute, ...], int | None, float] = ((), None, 0.0)
         # Whether `counters` goes on from the figures of the controller before this one
         # (it adopted the HAProxy process whose books that controller left).
         self.counts_continued = False
@@ -609,49 +611,63 @@ class HAProxyRouter:
     async def ensure(self, services: Sequence[ServiceRoute]) -> None:
         """Run HAProxy for these services: adopt a running one, start one that is not
         running, reload only when the shape changed."""
-        validate_services(services)
         async with self._lock:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._services = {s.name: s for s in services}
-            for name in list(self._routing):
-                if name not in self._services:
-                    del self._routing[name]
-                    self._verified.pop(name, None)
-            self._reap()
-            text = self._render()
-            shape = shape_hash(services, log_target=self._log_target)
-            running = await self._find_running()
-            if running is None:
+            ensured = (tuple(services), self._pid)
+            now = time.monotonic()
+            if (
+                ensured == self._ensured[:2]
+                and now - self._ensured[2] < VERIFY_EVERY
+                and self._pid is not None
+                and self._is_ours(self._pid)
+            ):
+                return  # the same services, on a HAProxy that runs and answered moments ago
+            await self._ensure(services)
+            self._ensured = (tuple(services), self._pid, now)
+
+    async def _ensure(self, services: Sequence[ServiceRoute]) -> None:
+        """`ensure`, in full, under the lock."""
+        validate_services(services)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._services = {s.name: s for s in services}
+        for name in list(self._routing):
+            if name not in self._services:
+                del self._routing[name]
+                self._verified.pop(name, None)
+        self._reap()
+        text = self._render()
+        shape = shape_hash(services, log_target=self._log_target)
+        running = await self._find_running()
+        if running is None:
+            await self._write_validated(text)
+            self._fold_counts()
+            await self._start(previous=None)
+            self._shape_path.write_text(shape + "\n")
+            self._save_counts()
+            return
+        adopted = running != self._pid
+        if adopted:
+            self._pid = running
+            await self._adopt_counts()
+        if self._running_shape() != shape:
+            previous = self.config_path.read_text() if self.config_path.exists() else None
+            _check_new_listeners(previous or "", text)
+            await self._write_validated(text)
+            await self._snapshot_counts()
+            try:
+                await self._start(previous=running)
+            except RouterError:
+                if previous is not None:
+                    write_atomic(self.config_path, previous)
+                raise
+            self._fold_counts()
+            self._shape_path.write_text(shape + "\n")
+            self._save_counts()  # a new process: its books
+        else:
+            if not self.config_path.exists() or self.config_path.read_text() != text:
                 await self._write_validated(text)
-                self._fold_counts()
-                await self._start(previous=None)
-                self._shape_path.write_text(shape + "\n")
-                self._save_counts()
-                return
-            adopted = running != self._pid
             if adopted:
-                self._pid = running
-                await self._adopt_counts()
-            if self._running_shape() != shape:
-                previous = self.config_path.read_text() if self.config_path.exists() else None
-                _check_new_listeners(previous or "", text)
-                await self._write_validated(text)
-                await self._snapshot_counts()
-                try:
-                    await self._start(previous=running)
-                except RouterError:
-                    if previous is not None:
-                        write_atomic(self.config_path, previous)
-                    raise
-                self._fold_counts()
-                self._shape_path.write_text(shape + "\n")
-                self._save_counts()  # a new process: its books
-            else:
-                if not self.config_path.exists() or self.config_path.read_text() != text:
-                    await self._write_validated(text)
-                if adopted:
-                    await self._push_log_shares()
-                    self._save_counts()
+                await self._push_log_shares()
+                self._save_counts()
 
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge one service's slots to `table` through the Runtime API, no reload."""
@@ -748,7 +764,8 @@ class HAProxyRouter:
         """
         if service not in self._routing:
             return {}
-        return self._counters(service, _slot_counts(await self.runtime.stat(), service))
+        rows = await self.runtime.stat(self._occupied([service]))
+        return self._counters(service, _slot_counts(rows, service))
 
     def _counters(self, service: str, live: Mapping[int, _Count]) -> dict[str, ReleaseCounters]:
         """`counters`, from the slots' counters as just read."""
@@ -791,14 +808,37 @@ class HAProxyRouter:
         async with self._lock:
             if not self._routing:
                 return {}
-            rows = await self.runtime.stat()  # once for all: its answer grows with them
-            return {name: self._counters(name, _slot_counts(rows, name)) for name in self._routing}
+            by_backend: dict[str, list[dict[str, str]]] = {}
+            # Once for all: its answer grows with them.
+            for row in await self.runtime.stat(self._occupied(self._routing)):
+                by_backend.setdefault(row.get("pxname", ""), []).append(row)
+            return {
+                name: self._counters(
+                    name,
+                    _slot_counts(
+                        [row for b in _slot_backends(name) for row in by_backend.get(b, ())], name
+                    ),
+                )
+                for name in self._routing
+            }
 
-    def slot_releases(self) -> dict[str, dict[int, str]]:
-        """Per routed service, the release each occupied slot serves (in both backends), as
-        last applied; a free slot is left out."""
+    def _occupied(self, services: Iterable[str]) -> set[tuple[str, str]]:
+        """The (backend, server) pairs whose counters make the services' `counters`: the
+        slots with a member, in each of their backends."""
+        return {
+            (backend, slot_name(k))
+            for name in services
+            for k in self._occupants.get(name, {})
+            for backend in _slot_backends(name)
+        }
+
+    def slot_releases(self, service: str | None = None) -> dict[str, dict[int, str]]:
+        """Per routed service (or that one alone), the release each occupied slot serves (in
+        all of its backends), as last applied; a free slot is left out."""
         result: dict[str, dict[int, str]] = {}
         for name, routing in self._routing.items():
+            if service is not None and name != service:
+                continue
             releases = {m.instance_id: m.release for m in routing.table.members}
             result[name] = {k: releases[i] for i, k in routing.assignment.items()}
         return result
@@ -1009,16 +1049,15 @@ class HAProxyRouter:
         canary: dict[int, ServerState] = {}
         pinned: dict[int, ServerState] | None = {} if route.sticky else None
         main_name = backend_name(route.name)
-        backends = [(main_name, main)]
+        slots_of = {main_name: main}
         if route.canary_header:
-            backends.append((canary_backend_name(route.name), canary))
+            slots_of[canary_backend_name(route.name)] = canary
         if pinned is not None:
-            backends.append((pinned_backend_name(route.name), pinned))
-        for backend, slots in backends:
-            for state in await self.runtime.servers_state(backend):
-                k = _slot_index(state.name)
-                if k is not None and state.backend == backend:
-                    slots[k] = state
+            slots_of[pinned_backend_name(route.name)] = pinned
+        for state in await self.runtime.servers_state(*slots_of):
+            k = _slot_index(state.name)
+            if k is not None and state.backend in slots_of:
+                slots_of[state.backend][k] = state
         if not main:
             raise RouterError(f"HAProxy has no backend {main_name}: call ensure first")
         return main, canary, pinned
