@@ -121,7 +121,7 @@ class LocalPlatform:
         """True while the instance's own process (same PID and start time) runs."""
         running = _running(instance.pid, instance.pid_start)
         # Reaping after the check too: a child seen as a zombie just now is collected now.
-        self._reap()
+        self._reap(instance.pid)
         return running
 
     def adopt(self, instance: Instance) -> bool:
@@ -270,9 +270,12 @@ class LocalPlatform:
             await asyncio.sleep(_STOP_POLL)
         return True
 
-    def _reap(self) -> None:
-        """Collect children that exited, first killing what they left in their process group."""
-        for pid, (child, _start) in list(self._children.items()):
+    def _reap(self, only: int | None = None) -> None:
+        """Collect children that exited (or that one, if it is a child that exited), first
+        killing what they left in their process group."""
+        pids = list(self._children) if only is None else [p for p in (only,) if p in self._children]
+        for pid in pids:
+            child, _start = self._children[pid]
             if child.returncode is None:
                 try:
                     exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -374,7 +377,8 @@ async def _probe(session: aiohttp.ClientSession, url: str, timeout: float) -> bo
 def _proc_stat(pid: int) -> list[str] | None:
     """Fields 3 onwards of /proc/PID/stat (index 0 is the state), or None if there is no PID."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat", "rb") as f:  # read each tick: no pathlib, no decoder
+            raw = f.read().decode()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses; what follows it may not.
