@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,6 +176,34 @@ async def test_rollback_mid_rollout_ends_it_as_rolled_back(world: World) -> None
     await world.settle(4)
     assert world.weights() == {world.v1: 100}
     assert world.engine.history("web")[0]["exit_code"] == 3
+
+
+async def test_an_idle_service_costs_one_read_a_tick(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between releases a tick reads the service's instances once and no rollout (a
+    rollout begins with a write, after which it is looked for again); a dead instance and
+    a deploy are still seen at the next tick."""
+    await deploy_stable(world)
+    reads: collections.Counter[str] = collections.Counter()
+    for name in ("instances", "active_rollout"):
+        read = getattr(world.store, name)
+
+        def counted(*args: object, _name: str = name, _read: Any = read, **kw: object) -> Any:
+            reads[_name] += 1
+            return _read(*args, **kw)
+
+        monkeypatch.setattr(world.store, name, counted)
+    await world.settle(10)
+    assert reads == {"instances": 10}
+
+    victim = next(iter(world.platform.running))
+    world.platform.kill(victim)
+    await world.settle(1)
+    assert victim not in world.platform.running
+    await world.engine.deploy("web", world.v2)
+    await world.settle(4)  # the canary's instance starts, then takes its weight
+    assert world.weights() == {world.v1: 80, world.v2: 20}
 
 
 async def test_a_dead_instance_is_replaced_by_a_fresh_one(world: World) -> None:

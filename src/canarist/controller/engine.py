@@ -165,6 +165,9 @@ class Engine:
         self._adopted = False
         self._stopping = False
         self._forgotten_at = 0.0
+        # Per service, the store's `changes` when it was last found with no rollout running.
+        self._no_rollout: dict[str, int] = {}
+        self._last_routes: tuple[DeploymentSpec | None, int, list[ServiceRoute]] = (None, -1, [])
         self._health_paths: dict[str, str] = {}
 
     # -- commands ----------------------------------------------------------------------
@@ -314,9 +317,13 @@ class Engine:
             attended = []
             for name in self.spec.services:
                 await self._read_metrics(name)
-                rollout = self.store.active_rollout(name)
-                if rollout is not None:
-                    await self._advance(rollout)
+                # Asked again only after a write: none, no rollout can have begun.
+                if self._no_rollout.get(name) != self.store.changes:
+                    rollout = self.store.active_rollout(name)
+                    if rollout is None:
+                        self._no_rollout[name] = self.store.changes
+                    else:
+                        await self._advance(rollout)
                 await self._read_aftermath(name)
                 if name in self.groups:
                     await self._reconcile_group(name)
@@ -734,13 +741,20 @@ class Engine:
         state = self.store.service(name)
         now = self.clock()
         self._retire_warm(state, now)
+        read = self.store.changes
         records = self.store.instances(name)
+
+        def fresh() -> list[InstanceRecord]:
+            """The records again, if anything was written since they were read."""
+            nonlocal read, records
+            if self.store.changes != read:
+                read, records = self.store.changes, self.store.instances(name)
+            return records
+
         await self._check_health(svc, state, records, now)
-        records = self.store.instances(name)
-        self._scale(svc, state, records, now)
-        records = self.store.instances(name)
-        await self._finish_drains(svc, records, now)
-        records = self.store.instances(name)
+        self._scale(svc, state, fresh(), now)
+        await self._finish_drains(svc, fresh(), now)
+        records = fresh()
         if not await self._apply_table(name, self.router, _table(svc, state, records), state):
             return
         for record in records:
@@ -985,7 +999,16 @@ class Engine:
         return path
 
     def _routes(self) -> list[ServiceRoute]:
-        return [self._route(s) for s in self.spec.services.values() if s.name not in self.groups]
+        # Built again only for another spec, or after a write (a health path comes from the
+        # service's releases in the store).
+        spec, changes, routes = self._last_routes
+        if spec is not self.spec or changes != self.store.changes:
+            changes = self.store.changes
+            routes = [
+                self._route(s) for s in self.spec.services.values() if s.name not in self.groups
+            ]
+            self._last_routes = (self.spec, changes, routes)
+        return routes
 
     def _route(self, svc: ServiceSpec) -> ServiceRoute:
         host, port = svc.listen_address()

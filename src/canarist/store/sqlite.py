@@ -158,6 +158,12 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
                 raise
 
+    @property
+    def changes(self) -> int:
+        """Rows written through this store so far: what was read before is still what the
+        store holds while this stays the same (this store being the only writer)."""
+        return self._db.total_changes
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes so that they land together or not at all."""
