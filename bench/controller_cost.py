@@ -1,14 +1,18 @@
 """What the controller costs as the services it runs grow in number, beside HAProxy's own cost.
 
-    .venv/bin/python -m bench.controller_cost [--services 1,4,16] [--seconds 10] [--quick]
+    .venv/bin/python -m bench.controller_cost [--services 1,4,16] [--seconds 10] [--warm 20]
+                                              [--quick]
 
 For each count N, a real controller runs N services of one instance each (the sample
 app), HAProxy in front, no rollout in progress: the steady state of a machine between
 releases. Then its CPU time is measured over `--seconds`, idle and under load (`wrk`,
 one thread and two keep-alive connections per service, all at once), beside the CPU
 time of the HAProxy process serving the same requests: the ratio says what the control
-plane costs against the data plane it steers. Also printed: what each service beyond
-the first adds to the controller, idle.
+plane costs against the data plane it steers. The loaded stretch begins `--warm` seconds
+into the load: a service no rollout judges has HAProxy log its requests in full (up to
+1,000 lines a second) until each release's latest latencies are had (16,384: 16 s at
+that rate), and only then 100 lines a second, the steady state measured. Also printed:
+what each service beyond the first adds to the controller, idle.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class Cost:
     requests: float  # requests a second through HAProxy (0 when idle)
 
 
-def measure(work: Path, services: int, seconds: float) -> tuple[Cost, Cost | None]:
+def measure(work: Path, services: int, seconds: float, warm: float) -> tuple[Cost, Cost | None]:
     """Idle and loaded costs of a controller running `services` services."""
     project = work / f"n{services}"
     project.mkdir()
@@ -72,13 +76,19 @@ def measure(work: Path, services: int, seconds: float) -> tuple[Cost, Cost | Non
         if shutil.which("wrk") is not None:
             loads = [
                 subprocess.Popen(
-                    ["wrk", "-t1", "-c2", f"-d{seconds + 3:.0f}s", f"http://127.0.0.1:{p}/"],
+                    [
+                        "wrk",
+                        "-t1",
+                        "-c2",
+                        f"-d{seconds + warm + 1.5:.0f}s",
+                        f"http://127.0.0.1:{p}/",
+                    ],
                     stdout=subprocess.PIPE,
                     text=True,
                 )
                 for p in ports
             ]
-            time.sleep(1.5)
+            time.sleep(warm)
             measured = stretch(controller, haproxy, seconds)
             rate = 0.0
             for load in loads:
@@ -104,10 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", default="1,4,16", help="service counts, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each stretch")
-    parser.add_argument("--quick", action="store_true", help="1 and 2 services, 1 s stretches")
+    parser.add_argument(
+        "--warm", type=float, default=20.0, help="seconds of load before the loaded stretch"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1 and 2 services, 1 s stretches, 1 s warm"
+    )
     args = parser.parse_args(argv)
     counts = [1, 2] if args.quick else [int(n) for n in args.services.split(",")]
     seconds = 1.0 if args.quick else args.seconds
+    warm = 1.0 if args.quick else args.warm
     work = Path(tempfile.mkdtemp(prefix="canarist-bench-"))
     print(f"# controller cost by number of services ({time.strftime('%Y-%m-%d')})")
     print(
@@ -117,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     idles: list[tuple[int, float]] = []
     try:
         for n in counts:
-            idle, loaded = measure(work, n, seconds)
+            idle, loaded = measure(work, n, seconds, warm)
             idles.append((n, idle.controller))
             row = f"{n:>8}  {100 * idle.controller:>15.1f}%  {100 * idle.haproxy:>7.1f}%"
             if loaded is not None:

@@ -238,13 +238,13 @@ async def test_logged_latencies_are_handed_out_once_per_release(
 
 
 async def test_recent_latencies_outlive_snapshots(
-    scripted: tuple[HAProxyMetrics, ScriptedRouter], monkeypatch: pytest.MonkeyPatch
+    scripted: tuple[HAProxyMetrics, ScriptedRouter],
 ) -> None:
     """A release's latest latencies stay for `recent_latencies` after snapshots and resets
-    have handed them out, the latest RECENT_LATENCIES of them, oldest first, and only
-    those of the span asked for (at low traffic the latest can be hours old)."""
+    have handed them out, the latest `latest_kept` of them, oldest first, and only those
+    of the span asked for (at low traffic the latest can be hours old)."""
     metrics, _ = scripted
-    monkeypatch.setattr(haproxy_metrics, "RECENT_LATENCIES", 3)
+    metrics.latest_kept = 3
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         for ta in (5, 6, 7, 8):
             sender.sendto(log_line("be_web", "s0", 200, ta), str(metrics.socket_path))
@@ -783,10 +783,16 @@ async def test_a_service_no_analysis_reads_is_logged_thinly_until_it_is_attended
     router: HAProxyRouter, backend: StartBackend
 ) -> None:
     """Told that no analysis reads a busy service, the provider has HAProxy log a tenth of
-    the lines it would for a judged one (here 40 a second against 400); told that it is
-    judged now, it raises the share at the next poll. The counts stay exact throughout."""
+    the lines it would for a judged one (here 40 a second against 400), once it holds the
+    latest latencies a later rollout is held to (here 1,000); told that it is judged now,
+    it raises the share at the next poll. The counts stay exact throughout."""
     metrics = HAProxyMetrics(
-        router, seed=1, log_lines=400, log_lines_per_release=100, idle_log_lines=40
+        router,
+        seed=1,
+        log_lines=400,
+        log_lines_per_release=100,
+        idle_log_lines=40,
+        latest_kept=1000,
     )
     await metrics.start()
     try:
@@ -798,16 +804,23 @@ async def test_a_service_no_analysis_reads_is_logged_thinly_until_it_is_attended
         metrics.attend([])
         sent = 0
         started = time.monotonic()
-        while router.log_shares(route.name)[slot] == 1000:
-            assert time.monotonic() - started < 10, "the log share never came down"
-            sent += sum((await send(route, 200)).values())  # several hundred a second
-        begun = time.monotonic()
-        sent += sum((await send(route, 400)).values())
-        await metrics.poll()
-        rate = (await metrics.recent(route.name, "A", 2.0) or (0, 0))[0] / 2.0
-        idle = router.log_shares(route.name)[slot]
-        # About 40 lines a second of `rate`: at most a quarter off (the change threshold).
-        assert idle <= 1.25 * 1000 * 40 / min(rate, 400) + 1, (idle, rate)
+        while len(await metrics.recent_latencies(route.name, "A", 60.0)) < 1000:
+            # A couple of hundred a second, each logged as for a judged service until the
+            # 1,000 are had (a few seconds; at 40 lines a second, half a minute).
+            assert time.monotonic() - started < 12, "the latest latencies took too long"
+            sent += sum((await send(route, 30)).values())
+            await asyncio.sleep(0.1)
+        while True:
+            begun = time.monotonic()
+            sent += sum((await send(route, 30)).values())
+            await asyncio.sleep(0.1)
+            await metrics.poll()
+            rate = (await metrics.recent(route.name, "A", 2.0) or (0, 0))[0] / 2.0
+            idle = router.log_shares(route.name)[slot]
+            # About 40 lines a second of `rate`: at most a quarter off (the change threshold).
+            if idle <= 1.25 * 1000 * 40 / min(rate, 400) + 1:
+                break
+            assert time.monotonic() - started < 20, ("the log share never came down", idle)
 
         metrics.attend([route.name])
         while router.log_shares(route.name)[slot] < 5 * idle:

@@ -65,8 +65,9 @@ What is measured, and how:
   reload) to keep a service's lines near `log_lines` a second (1,000), but a release
   keeps up to `log_lines_per_release` (100) of its own, so a small canary beside a large
   stable is not starved. That is for the services whose rollouts are judged now; the
-  controller says which (`attend`), and the others get `idle_log_lines` (100) a second
-  in all, enough for the history a later rollout is held to. The draw ignores the
+  controller says which (`attend`), and the others, once each of their releases holds
+  its `latest_kept` latest latencies (the history a later rollout is held to), get
+  `idle_log_lines` (100) a second in all, enough to keep it current. The draw ignores the
   request's outcome, so each release's sample stays uniform, and the counts, which come
   from the counters, stay exact.
   (`log_target(state_dir, sample=N)` fixes one share for everything in the config.)
@@ -299,7 +300,8 @@ LATENCIES_SAVE_EVERY = 60.0
 LOG_LINES = 1000.0
 LOG_LINES_PER_RELEASE = 100.0
 # The same for a service no analysis reads now (see `attend`), release and service alike:
-# enough for the latest RECENT_LATENCIES latencies to span the last minutes.
+# enough for the latest RECENT_LATENCIES latencies to span the last minutes, once they
+# are had: until then, the service is logged as if judged.
 IDLE_LOG_LINES = 100.0
 
 
@@ -366,6 +368,7 @@ class HAProxyMetrics:
         log_lines: float = LOG_LINES,
         log_lines_per_release: float = LOG_LINES_PER_RELEASE,
         idle_log_lines: float = IDLE_LOG_LINES,
+        latest_kept: int = RECENT_LATENCIES,
         history_save_every: float = HISTORY_SAVE_EVERY,
         latencies_save_every: float = LATENCIES_SAVE_EVERY,
     ) -> None:
@@ -387,6 +390,7 @@ class HAProxyMetrics:
         self.log_lines = log_lines
         self.log_lines_per_release = log_lines_per_release
         self.idle_log_lines = idle_log_lines
+        self.latest_kept = latest_kept  # latencies per release, for `recent_latencies`
         # The services judged now (`attend`); None until told: all of them.
         self._attended: frozenset[str] | None = None
         self._rng = random.Random(seed)
@@ -455,9 +459,10 @@ class HAProxyMetrics:
 
     def attend(self, services: Collection[str]) -> None:
         """Read the requests of these services at full detail (`log_lines` a second each),
-        and of the others only `idle_log_lines` a second: their latencies serve only as
-        the history a later rollout is held to, and reading log lines is most of what the
-        provider costs. A service newly attended gets its new shares at the next poll."""
+        and of the others only `idle_log_lines` a second once each of their releases holds
+        its `latest_kept` latest latencies: their latencies serve only as the history a
+        later rollout is held to, and reading log lines is most of what the provider
+        costs. A service newly attended gets its new shares at the next poll."""
         attended = frozenset(services)
         if self._attended is not None:
             for service in attended - self._attended:
@@ -582,7 +587,7 @@ class HAProxyMetrics:
             books = self._services.setdefault(name, _Service())
             for release, kept in latest.items():
                 mine = books.latest.get(release, ())
-                books.latest[release] = deque([*kept, *mine], maxlen=RECENT_LATENCIES)
+                books.latest[release] = deque([*kept, *mine], maxlen=self.latest_kept)
 
     def _load_window_starts(self) -> dict[str, dict[str, Tally]]:
         try:
@@ -611,7 +616,7 @@ class HAProxyMetrics:
     async def recent_latencies(
         self, service: str, release: str, seconds: float
     ) -> tuple[float, ...]:
-        """The release's latest RECENT_LATENCIES logged latencies of the last `seconds`,
+        """The release's latest `latest_kept` logged latencies of the last `seconds`,
         oldest first."""
         books = self._services.get(service)
         latest = books.latest.get(release, ()) if books else ()
@@ -691,7 +696,12 @@ class HAProxyMetrics:
             release: (total.requests - then[1].get(release, Tally()).requests) / seconds
             for release, total in books.totals.items()
         }
-        if self._attended is None or service in self._attended:
+        filled = all(
+            len(books.latest.get(release, ())) >= self.latest_kept
+            for release, rate in rates.items()
+            if rate > 0
+        )
+        if self._attended is None or service in self._attended or not filled:
             lines, per_release = self.log_lines, self.log_lines_per_release
         else:
             lines = per_release = self.idle_log_lines
@@ -791,7 +801,7 @@ class HAProxyMetrics:
         sample.add(float(entry.active_ms))
         latest = books.latest.get(release)
         if latest is None:
-            latest = books.latest[release] = deque(maxlen=RECENT_LATENCIES)
+            latest = books.latest[release] = deque(maxlen=self.latest_kept)
         latest.append((now, float(entry.active_ms)))
 
 
