@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -333,6 +334,48 @@ def test_up_again_reloads_the_spec(project: tuple[Canarist, dict[str, str]]) -> 
     assert cli.status("api")["phase"] == "empty"
     assert cli.status()["stable"] == refs["1"]
     assert version_split(cli, 10) == Counter({"1": 10})
+
+
+def test_an_address_another_process_holds_is_refused_by_up(tmp_path: Path) -> None:
+    """`up` with a service whose address another process listens on: exit 2, one line
+    naming the service and the address, nothing started (before: the controller started
+    and its HAProxy failed to start at every tick, ten warnings a second)."""
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        (tmp_path / "canarist.yaml").write_text(
+            f"services:\n  web:\n    listen: 127.0.0.1:{port}\n"
+        )
+        result = Canarist(tmp_path, port)("up", check=False)
+    assert result.code == 2
+    assert result.stderr == (
+        f"canarist: error: service 'web': cannot listen on 127.0.0.1:{port}:"
+        " Address already in use\n"
+    )
+    assert not (tmp_path / ".canarist" / "controller.json").exists()
+
+
+def test_up_again_refuses_a_new_address_another_process_holds(
+    project: tuple[Canarist, dict[str, str]],
+) -> None:
+    """`up` while running, with a service added whose address another process listens
+    on: exit 2, the running spec unchanged; once the address is free, taken."""
+    cli, _ = project
+    spec = cli.root / "canarist.yaml"
+    before = spec.read_text()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as held:
+            port = held.getsockname()[1]
+            spec.write_text(before + f"  held:\n    listen: 127.0.0.1:{port}\n")
+            result = cli("up", check=False)
+            assert result.code == 2
+            assert f"service 'held': cannot listen on 127.0.0.1:{port}" in result.stderr
+            assert cli("status", "held", check=False).code == 2  # unknown service
+            assert version_split(cli, 10) == Counter({"1": 10})
+        assert "reloaded" in cli("up").stdout
+        assert cli.status("held")["phase"] == "empty"
+    finally:
+        spec.write_text(before)
+        cli("up")
 
 
 def test_the_audit_log_is_tamper_evident(project: tuple[Canarist, dict[str, str]]) -> None:

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -244,6 +245,25 @@ async def test_active_sessions_counts_requests_in_flight(
     assert in_flight == 1
     assert await router.active_sessions(route.name, "a1") == 0
     assert await router.active_sessions(route.name, "unknown") == 0
+
+
+async def test_an_address_is_usable_when_free_or_held_by_our_own_haproxy(
+    router: HAProxyRouter, state_dir: Path
+) -> None:
+    """`check_listeners`, asked before a spec is taken: an address the router's HAProxy
+    (or the one a router on the same state dir runs) already listens on is usable; one
+    another process holds is not, named with its service."""
+    route = service()
+    address = {"web": (route.listen_host, route.listen_port)}
+    HAProxyRouter(state_dir).check_listeners(address)  # free
+    await router.ensure([route])
+    router.check_listeners(address)
+    HAProxyRouter(state_dir).check_listeners(address)  # a controller after this one
+    with tempfile.TemporaryDirectory() as elsewhere, pytest.raises(RouterError) as caught:
+        HAProxyRouter(Path(elsewhere)).check_listeners(address)
+    assert str(caught.value) == (
+        f"service 'web': cannot listen on 127.0.0.1:{route.listen_port}: Address already in use"
+    )
 
 
 async def test_haproxy_killed_comes_back_with_last_table(

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +24,7 @@ from canarist.controller.api import make_app
 from canarist.controller.engine import Engine
 from canarist.controller.providers import group_drivers
 from canarist.domain.spec import DeploymentSpec, parse_spec
-from canarist.errors import ConfigError, ControllerUnavailable
+from canarist.errors import BadInput, ConfigError, ControllerUnavailable, RouterError
 from canarist.home import Home
 from canarist.metrics.haproxy import HAProxyMetrics, log_target
 from canarist.platforms.local import LocalPlatform
@@ -86,6 +87,7 @@ async def serve(home: Home) -> None:
     def reload() -> None:
         fresh = load_spec(home.config)
         fresh_groups = {n: d for n, d in group_drivers(fresh).items() if n not in engine.groups}
+        check_listeners(router, fresh, {*engine.groups, *fresh_groups})
         engine.replace_spec(fresh, fresh_groups)
         log.info("spec reloaded: %s", ", ".join(sorted(fresh.services)))
 
@@ -116,6 +118,15 @@ async def serve(home: Home) -> None:
         await runner.cleanup()
         store.close()
         log.info("controller %d stopped", os.getpid())
+
+
+def check_listeners(router: HAProxyRouter, spec: DeploymentSpec, groups: Collection[str]) -> None:
+    """Refuse (BadInput) a spec with a local service that could not listen where it says."""
+    listens = {n: s.listen_address() for n, s in spec.services.items() if n not in groups}
+    try:
+        router.check_listeners(listens)
+    except RouterError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -172,7 +183,10 @@ def running_pid(home: Home) -> int | None:
 
 def start_background(home: Home, timeout: float = 15.0) -> int:
     """Start the controller detached, wait until its API answers; returns its PID."""
-    group_drivers(load_spec(home.config))  # a malformed spec is bad input: refuse it now
+    # A malformed spec, or an address the services cannot listen on, is bad input:
+    # refused now, before anything starts.
+    spec = load_spec(home.config)
+    check_listeners(HAProxyRouter(home.haproxy), spec, group_drivers(spec))
     home.logs.mkdir(parents=True, exist_ok=True)
     ensure_token(home)
     with contextlib.suppress(FileNotFoundError):

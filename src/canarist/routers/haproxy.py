@@ -669,6 +669,23 @@ class HAProxyRouter:
                 await self._push_log_shares()
                 self._save_counts()
 
+    def check_listeners(self, listens: Mapping[str, tuple[str, int]]) -> None:
+        """Raise RouterError naming a service (name -> (host, port) it listens on) that
+        could not listen: each address must be free, or held already by this router's
+        HAProxy, running. Asked before a spec is taken, so that an address another
+        process holds is refused at once rather than failing every tick."""
+        held: set[str] = set()
+        pid = self._pid if self._pid is not None else _read_pid(self.pid_path)
+        if pid is not None and self._is_ours(pid) and self.config_path.exists():
+            held = set(_BIND.findall(self.config_path.read_text()))
+        for name, (host, port) in sorted(listens.items()):
+            address = f"{host}:{port}"
+            if address not in held:
+                try:
+                    _check_free(address)
+                except RouterError as exc:
+                    raise RouterError(f"service {name!r}: {exc}") from exc
+
     async def apply(self, service: str, table: RouteTable) -> None:
         """Converge one service's slots to `table` through the Runtime API, no reload."""
         async with self._lock:
@@ -1284,14 +1301,21 @@ def _check_new_listeners(running: str, wanted: str) -> None:
     retries, for about two seconds, before giving up: better not to try.
     """
     for address in sorted(set(_BIND.findall(wanted)) - set(_BIND.findall(running))):
-        host, _, port = address.rpartition(":")
-        # HAProxy reads "*" or an empty host as every address.
-        host = "" if host in ("", "*") else host.strip("[]")
-        try:
-            with socket.create_server((host, int(port))):
-                pass
-        except OSError as exc:
-            raise RouterError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+        _check_free(address)
+
+
+def _check_free(address: str) -> None:
+    """Raise RouterError if nothing could listen on HOST:PORT now."""
+    host, _, port = address.rpartition(":")
+    # HAProxy reads "*" or an empty host as every address.
+    host = "" if host in ("", "*") else host.strip("[]")
+    try:
+        with socket.create_server((host, int(port))):
+            pass
+    except OSError as exc:
+        # Its strerror names the address again: the errno's own words are enough.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise RouterError(f"cannot listen on {address}: {reason}") from exc
 
 
 def read_json(path: Path) -> dict[str, Any]:
