@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,13 @@ import pytest
 
 from canarist.controller.engine import Engine
 from canarist.domain.spec import parse_spec
-from canarist.errors import BadInput, RolloutInProgress, UnknownRelease, UnknownService
+from canarist.errors import (
+    BadInput,
+    RolloutInProgress,
+    RouterError,
+    UnknownRelease,
+    UnknownService,
+)
 from canarist.store.sqlite import SQLiteStore
 from canarist.testing import FakeCatalog, FakeClock, FakeMetrics, FakePlatform, FakeRouter
 
@@ -204,6 +211,32 @@ async def test_an_idle_service_costs_one_read_a_tick(
     await world.engine.deploy("web", world.v2)
     await world.settle(4)  # the canary's instance starts, then takes its weight
     assert world.weights() == {world.v1: 80, world.v2: 20}
+
+
+async def test_a_failure_at_every_tick_is_logged_when_it_begins_and_ends(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A router that fails at every tick is one warning, not ten a second, and a line when
+    it works again; a failure for another reason is said again."""
+    await deploy_stable(world)
+    why = ["HAProxy's socket is unreachable"]
+
+    async def failing(*args: object) -> None:
+        raise RouterError(why[0])
+
+    with caplog.at_level(logging.INFO, logger="canarist.controller"):
+        monkeypatch.setattr(world.router, "apply", failing)
+        await world.settle(10)
+        why[0] = "HAProxy refused a change"
+        await world.settle(10)
+        monkeypatch.undo()
+        await world.settle(2)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", "web: router apply: HAProxy's socket is unreachable"),
+        ("WARNING", "web: router apply: HAProxy refused a change"),
+        ("INFO", "web: router apply: works again"),
+    ]
 
 
 async def test_a_dead_instance_is_replaced_by_a_fresh_one(world: World) -> None:

@@ -165,6 +165,7 @@ class Engine:
         self._adopted = False
         self._stopping = False
         self._forgotten_at = 0.0
+        self._warnings = _Warnings()
         # Per service, the store's `changes` when it was last found with no rollout running.
         self._no_rollout: dict[str, int] = {}
         self._last_routes: tuple[DeploymentSpec | None, int, list[ServiceRoute]] = (None, -1, [])
@@ -305,8 +306,9 @@ class Engine:
                 self._adopted = True
             try:
                 await self.router.ensure(self._routes())
+                self._warnings.gone("router")
             except DriverError as exc:
-                log.warning("router: %s", exc)
+                self._warnings.say("router", str(exc))
             now = self.clock()
             if now - self._forgotten_at > 60:
                 # Ended instances, and the evidence of ended rollouts, are kept an hour for
@@ -376,8 +378,9 @@ class Engine:
             return
         try:
             self._runtime[name].window = await metrics.snapshot(name)
+            self._warnings.gone(f"{name}: metrics")
         except DriverError as exc:
-            log.warning("%s: metrics: %s", name, exc)
+            self._warnings.say(f"{name}: metrics", str(exc))
 
     async def _observe(self, rollout: Rollout, state: ServiceState) -> str | None:
         """Feed the rollout's analysis; a reason to roll back, or None."""
@@ -561,8 +564,9 @@ class Engine:
             return None
         try:
             firing = await metrics.alarms_firing(list(names))
+            self._warnings.gone(f"{service}: alarms")
         except CanaristError as exc:  # an unknown alarm name too: logged, never a crash
-            log.warning("%s: alarms: %s", service, exc)
+            self._warnings.say(f"{service}: alarms", str(exc))
             return None
         return f"alarm in ALARM: {', '.join(firing)}" if firing else None
 
@@ -771,8 +775,9 @@ class Engine:
             await router.apply(name, table)
         except DriverError as exc:
             runtime.applied_weights = None
-            log.warning("%s: router apply failed: %s", name, exc)
+            self._warnings.say(f"{name}: router apply", str(exc))
             return False
+        self._warnings.gone(f"{name}: router apply")
         runtime.applied_weights = dict(state.weights)
         return True
 
@@ -797,9 +802,10 @@ class Engine:
                     await drivers.platform.scale(release, want)
                     runtime.healthy[release] = await drivers.platform.healthy_count(release)
         except DriverError as exc:
-            log.warning("%s: platform: %s", name, exc)
+            self._warnings.say(f"{name}: platform", str(exc))
             runtime.last_start_error[state.canary or ""] = str(exc)
             return
+        self._warnings.gone(f"{name}: platform")
         targets = {r: t for r, t in runtime.targets.items() if r in state.weights}
         table = RouteTable(
             members=(), weights=dict(state.weights), canary=state.canary, targets=targets
@@ -1257,6 +1263,23 @@ def _short(ref: str) -> str:
 def _step_text(rollout: Rollout) -> str:
     step = rollout.current
     return describe(step) if step is not None else "done"
+
+
+class _Warnings:
+    """What failed at every tick, logged when it begins and when it ends, not at each of
+    the ten ticks a second it goes on."""
+
+    def __init__(self) -> None:
+        self._standing: dict[str, str] = {}  # what failed -> why, as last logged
+
+    def say(self, what: str, why: str) -> None:
+        if self._standing.get(what) != why:
+            self._standing[what] = why
+            log.warning("%s: %s", what, why)
+
+    def gone(self, what: str) -> None:
+        if self._standing.pop(what, None) is not None:
+            log.info("%s: works again", what)
 
 
 def _step_info(rollout: Rollout, now: float) -> dict[str, Any]:
