@@ -756,14 +756,14 @@ class HAProxyMetrics:
         return that; a freed slot keeps naming its last one, so the requests a drained
         member finishes stay its release's."""
         routes = self.router.slot_releases(service)
-        for service, slots in routes.items():
-            self._backends[backend_name(service)] = service
-            self._backends[canary_backend_name(service)] = service
-            self._requested_backends.add(canary_backend_name(service))
-            self._backends[pinned_backend_name(service)] = service
-            self._requested_backends.add(pinned_backend_name(service))
+        for name, slots in routes.items():
+            self._backends[backend_name(name)] = name
+            self._backends[canary_backend_name(name)] = name
+            self._requested_backends.add(canary_backend_name(name))
+            self._backends[pinned_backend_name(name)] = name
+            self._requested_backends.add(pinned_backend_name(name))
             for k, release in slots.items():
-                self._releases[(service, k)] = release
+                self._releases[(name, k)] = release
         return routes
 
     # -- logs ----------------------------------------------------------------------------

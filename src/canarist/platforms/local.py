@@ -273,8 +273,10 @@ class LocalPlatform:
     def _reap(self, only: int | None = None) -> None:
         """Collect children that exited (or that one, if it is a child that exited), first
         killing what they left in their process group."""
-        pids = list(self._children) if only is None else [p for p in (only,) if p in self._children]
+        pids = list(self._children) if only is None else [only]
         for pid in pids:
+            if pid not in self._children:
+                continue  # not a child of ours, or reaped already
             child, _start = self._children[pid]
             if child.returncode is None:
                 try:
