@@ -354,6 +354,21 @@ def test_an_address_another_process_holds_is_refused_by_up(tmp_path: Path) -> No
     assert not (tmp_path / ".canarist" / "controller.json").exists()
 
 
+def test_up_without_haproxy_says_so(tmp_path: Path) -> None:
+    """`up` on a machine without HAProxy: exit 1, one line saying how to install it,
+    nothing started (before: the controller started, and nothing ever served)."""
+    (tmp_path / "canarist.yaml").write_text("services:\n  web:\n    listen: 127.0.0.1:1\n")
+    cli = Canarist(tmp_path, 0)
+    cli.env["PATH"] = str(tmp_path)  # the CLI is started by absolute path
+    result = cli("up", check=False)
+    assert result.code == 1
+    assert result.stderr == (
+        "canarist: error: HAProxy is not installed: no 'haproxy' on PATH"
+        " (on Debian: apt-get install haproxy)\n"
+    )
+    assert not (tmp_path / ".canarist" / "controller.json").exists()
+
+
 def test_up_again_refuses_a_new_address_another_process_holds(
     project: tuple[Canarist, dict[str, str]],
 ) -> None:

@@ -611,7 +611,7 @@ async def test_busy_port_raises_router_error(router: HAProxyRouter) -> None:
 
 async def test_missing_binary_raises_router_error(state_dir: Path) -> None:
     """A HAProxy binary that does not exist is a RouterError."""
-    with pytest.raises(RouterError, match="not found"):
+    with pytest.raises(RouterError, match="HAProxy is not installed: no 'no-such-haproxy' on"):
         await HAProxyRouter(state_dir, "no-such-haproxy").ensure([service()])
 
 

@@ -186,7 +186,11 @@ def start_background(home: Home, timeout: float = 15.0) -> int:
     # A malformed spec, or an address the services cannot listen on, is bad input:
     # refused now, before anything starts.
     spec = load_spec(home.config)
-    check_listeners(HAProxyRouter(home.haproxy), spec, group_drivers(spec))
+    groups = group_drivers(spec)
+    router = HAProxyRouter(home.haproxy)
+    if any(name not in groups for name in spec.services):
+        router.check_installed()  # without it nothing would serve them: exit 1
+    check_listeners(router, spec, groups)
     home.logs.mkdir(parents=True, exist_ok=True)
     ensure_token(home)
     with contextlib.suppress(FileNotFoundError):

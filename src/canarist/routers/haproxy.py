@@ -669,6 +669,16 @@ class HAProxyRouter:
                 await self._push_log_shares()
                 self._save_counts()
 
+    def check_installed(self) -> str:
+        """The path of the HAProxy binary; RouterError, saying how to install it, if none."""
+        binary = shutil.which(self._haproxy_bin)
+        if binary is None:
+            raise RouterError(
+                f"HAProxy is not installed: no {self._haproxy_bin!r} on PATH"
+                " (on Debian: apt-get install haproxy)"
+            )
+        return binary
+
     def check_listeners(self, listens: Mapping[str, tuple[str, int]]) -> None:
         """Raise RouterError naming a service (name -> (host, port) it listens on) that
         could not listen: each address must be free, or held already by this router's
@@ -915,10 +925,7 @@ class HAProxyRouter:
 
     async def _start(self, previous: int | None) -> None:
         """Start HAProxy from the config; with `previous`, take its sockets and retire it."""
-        binary = shutil.which(self._haproxy_bin)
-        if binary is None:
-            raise RouterError(f"HAProxy binary {self._haproxy_bin!r} not found")
-        args = [binary, "-db", "-f", str(self.config_path)]
+        args = [self.check_installed(), "-db", "-f", str(self.config_path)]
         if previous is not None:
             args += ["-x", self._socket_arg(), "-sf", str(previous)]
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -981,9 +988,7 @@ class HAProxyRouter:
 
     async def _write_validated(self, text: str) -> None:
         """Write the config only if `haproxy -c` accepts it; else raise its alerts."""
-        binary = shutil.which(self._haproxy_bin)
-        if binary is None:
-            raise RouterError(f"HAProxy binary {self._haproxy_bin!r} not found")
+        binary = self.check_installed()
         # The log share maps it names, as HAProxy will read them when it next starts.
         for name in self._services:
             self._write_log_shares(name)
